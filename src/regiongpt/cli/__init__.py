@@ -1,0 +1,1 @@
+"""Thin command-line commands over the library (``regiongpt --help``)."""
