@@ -5,3 +5,12 @@ Auto classes (``AutoConfig``, ``AutoModelForImageTextToText``, ``AutoProcessor``
 """
 
 __version__ = "0.1.0"
+
+from regiongpt.hf_registration import register as _register_with_transformers
+
+_register_with_transformers()
+
+from regiongpt.model import RegionGPTConfig, RegionGPTForConditionalGeneration  # noqa: E402
+from regiongpt.processing.processing_regiongpt import RegionGPTProcessor  # noqa: E402
+
+__all__ = ["RegionGPTConfig", "RegionGPTForConditionalGeneration", "RegionGPTProcessor", "__version__"]
