@@ -13,10 +13,10 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from regiongpt.errors import RegionGPTError
+from regiongpt.errors import USER_ERRORS
 
 # Sub-command modules, in the order `--help` lists them.
-COMMAND_MODULES = ("synth", "convert")
+COMMAND_MODULES = ("convert",)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except RegionGPTError as error:
+    except USER_ERRORS as error:
         print(f"regiongpt {args.command}: error: {error}", file=sys.stderr)
         return 2
     except FileNotFoundError as error:

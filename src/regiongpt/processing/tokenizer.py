@@ -11,14 +11,22 @@ from transformers import PreTrainedTokenizerFast
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", "<image>", "<region>")
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer over ``texts`` that adds ``<s>`` at the start of each text."""
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int = 512, special_tokens: tuple[str, ...] = SPECIAL_TOKENS
+) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer over ``texts`` that adds ``<s>`` at the start of each text.
+
+    ``special_tokens`` must start with ``<unk>, <s>, </s>, <pad>``; the rest become additional
+    special tokens (by default ``<image>`` and ``<region>``).
+    """
+    if tuple(special_tokens[:4]) != SPECIAL_TOKENS[:4]:
+        raise ValueError(f"special_tokens must start with {SPECIAL_TOKENS[:4]}")
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=list(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -31,6 +39,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> PreTrainedTo
         bos_token="<s>",
         eos_token="</s>",
         pad_token="<pad>",
-        additional_special_tokens=["<image>", "<region>"],
+        additional_special_tokens=list(special_tokens[4:]),
         padding_side="left",
     )
