@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from regiongpt.errors import USER_ERRORS
 
 # Sub-command modules, in the order `--help` lists them.
-COMMAND_MODULES = ("convert",)
+COMMAND_MODULES = ("synth", "convert")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,136 @@
+"""Native samples for synthetic scenes: all regions and one multi-turn conversation per image.
+
+Question texts come only from :mod:`regiongpt.processing.instructions`, the same templates
+used at inference, so the model trained on this data sees the prompts it will be asked.
+Every region gets a classify and a brief-caption turn; a few detailed, REC (with ~10%
+no-match negatives), relation and existence turns are added; the turn order is shuffled.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from regiongpt.data.native import NativeRegion, NativeSample
+from regiongpt.data.synth.annotate import RefPhrase, existence_negatives, existence_positives, present_pairs, resolve
+from regiongpt.data.synth.scene import Scene
+from regiongpt.data.synth.world import CATEGORIES, COLOUR_NAMES
+from regiongpt.processing.instructions import build_instruction, rec_answer, region_ref
+from regiongpt.processing.rle import encode_rle
+
+CLASSIFY_VOCABULARY = "the listed"
+DETAILED_PER_IMAGE = 2
+REC_PER_IMAGE = 2
+REC_NEGATIVE_PROBABILITY = 0.1
+RELATIONS_PER_IMAGE = 2
+
+
+def region_attributes(scene: Scene, index: int, ann_ids: Sequence[int]) -> dict[str, Any]:
+    """All raw annotations of one object, with other objects named by their annotation ids."""
+    obj = scene.objects[index]
+    return {
+        "colour": obj.colour,
+        "size": obj.size,
+        "texture": obj.texture,
+        "brief": obj.brief,
+        "referring": list(obj.referring),
+        "referring_forms": [p.to_json() for p in obj.referring_forms],
+        "detailed": obj.detailed,
+        "tags": list(obj.tags),
+        "relations": [{"relation": rel, "object": int(ann_ids[j])} for rel, j in obj.relations],
+        "occluded_by": [int(ann_ids[j]) for j in obj.occluders],
+        "hidden_fraction": round(obj.hidden_fraction, 4),
+        "area": obj.area,
+        "depth": obj.depth,
+    }
+
+
+def relation_sentence(scene: Scene, i: int, j: int) -> str:
+    """``Region [I] is left of and above Region [J].`` (``next to`` when no relation holds).
+
+    Answers name regions in the REC answer form: the model cannot generate ``<regionK>``.
+    """
+    rels = [rel for rel, k in scene.objects[i].relations if k == j]
+    how = " and ".join(rels) if rels else "next to"
+    return f"{rec_answer(i)} is {how} {rec_answer(j)}."
+
+
+def _absent_phrase(scene: Scene, rng: random.Random) -> RefPhrase:
+    """A colour+category phrase that matches no object of the scene (for REC negatives)."""
+    while True:
+        phrase = RefPhrase(category=rng.choice(CATEGORIES), colour=rng.choice(COLOUR_NAMES))
+        if not resolve(scene, phrase):
+            return phrase
+
+
+def build_conversation(scene: Scene, rng: random.Random) -> list[dict[str, str]]:
+    """One shuffled multi-turn conversation covering every region of the scene."""
+    n = len(scene.objects)
+    qa: list[tuple[str, str, str]] = []  # (task, question, answer)
+    for k, obj in enumerate(scene.objects):
+        question = build_instruction("classify", region=k, vocabulary=CLASSIFY_VOCABULARY, categories=CATEGORIES, rng=rng)
+        qa.append(("classify", question, obj.category))
+        qa.append(("brief", build_instruction("brief", region=k, rng=rng), obj.brief))
+    for k in rng.sample(range(n), min(n, DETAILED_PER_IMAGE)):
+        qa.append(("detailed", build_instruction("detailed", region=k, rng=rng), scene.objects[k].detailed))
+    referable = [k for k in range(n) if scene.objects[k].referring]
+    for k in rng.sample(referable, min(len(referable), REC_PER_IMAGE)):
+        if rng.random() < REC_NEGATIVE_PROBABILITY:
+            phrase, answer = _absent_phrase(scene, rng).text(), rec_answer(None)
+        else:
+            phrase, answer = scene.objects[k].referring[0], rec_answer(k)
+        qa.append(("rec", build_instruction("rec", regions=range(n), phrase=phrase, rng=rng), answer))
+    if n >= 2:
+        pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
+        for i, j in rng.sample(pairs, min(len(pairs), RELATIONS_PER_IMAGE)):
+            qa.append(("relation", build_instruction("relation", region=i, region2=j, rng=rng), relation_sentence(scene, i, j)))
+    setting = rng.choice(("random", "popular", "adversarial"))
+    pairs = present_pairs(scene)
+    for phrase in existence_positives(pairs, rng, 1):
+        qa.append(("existence", build_instruction("existence", phrase=phrase, rng=rng), "Yes."))
+    for phrase in existence_negatives(pairs, rng, setting, 1):
+        qa.append(("existence", build_instruction("existence", phrase=phrase, rng=rng), "No."))
+    rng.shuffle(qa)
+    turns: list[dict[str, str]] = []
+    for t, (task, question, answer) in enumerate(qa):
+        value = f"<image>\n{question}" if t == 0 else question
+        turns.append({"from": "human", "value": value, "task": task})
+        turns.append({"from": "gpt", "value": answer})
+    return turns
+
+
+def native_sample(
+    scene: Scene,
+    sample_id: str,
+    image: str,
+    split: str,
+    ann_ids: Sequence[int],
+    rng: random.Random,
+    masks: Sequence[dict[str, Any]] | None = None,
+) -> NativeSample:
+    """The native sample of a scene: every object as a region (in depth order) plus its conversation.
+
+    ``masks`` (COCO RLEs, one per object) may be passed to avoid encoding the masks twice.
+    """
+    regions = []
+    for k, obj in enumerate(scene.objects):
+        regions.append(
+            NativeRegion(
+                id=int(ann_ids[k]),
+                box=list(obj.box),
+                mask=masks[k] if masks is not None else encode_rle(obj.mask),
+                category=obj.category,
+                attributes=region_attributes(scene, k, ann_ids),
+            )
+        )
+    return NativeSample(
+        id=sample_id,
+        image=image,
+        width=scene.width,
+        height=scene.height,
+        regions=regions,
+        conversations=build_conversation(scene, rng),
+        source="synth",
+        split=split,
+    )

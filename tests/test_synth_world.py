@@ -1,0 +1,265 @@
+"""The synthetic world: determinism, exact COCO masks, unique referring expressions,
+difficulty buckets, colour/category independence, the refs pickle and the CLI."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import pickle
+import pickletools
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from regiongpt.cli.main import main
+from regiongpt.data.native import read_native_jsonl
+from regiongpt.data.synth import CATEGORIES, COLOUR_NAMES, generate_scene, generate_scenes, resolve, write_world
+from regiongpt.data.synth.annotate import existence_negatives, present_pairs
+from regiongpt.data.synth.world import DIFFICULTY_TAGS, INVERSE_RELATION, SIMILAR
+from regiongpt.errors import InvalidInputError
+from regiongpt.processing.instructions import NO_MATCH_ANSWER, parse_rec_answer
+from regiongpt.processing.rle import decode_rle
+
+N_SMALL = 8
+SEED = 7
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("world") / "out"
+    write_world(out, images=N_SMALL, seed=SEED, val_fraction=0.25, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def draw() -> list:
+    """A big in-memory draw (no files written); the first 200 scenes are the difficulty draw."""
+    return generate_scenes(600, seed=123)
+
+
+def _files(root: Path) -> dict[str, Path]:
+    return {str(p.relative_to(root)): p for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_gives_identical_files(world, tmp_path):
+    again = tmp_path / "again"
+    write_world(again, images=N_SMALL, seed=SEED, val_fraction=0.25, progress=False)
+    first, second = _files(world), _files(again)
+    assert first.keys() == second.keys()
+    for name, path in first.items():
+        if name.endswith(".png"):
+            assert np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(second[name]))), name
+        assert path.read_bytes() == second[name].read_bytes(), name
+    other = tmp_path / "other"
+    write_world(other, images=2, seed=SEED + 1, progress=False)
+    assert (other / "images" / "000001.png").read_bytes() != (world / "images" / "000001.png").read_bytes()
+
+
+def test_expected_layout(world):
+    names = set(_files(world))
+    for name in [
+        "instances.json",
+        "refcocog/refs(umd).p",
+        "refcocog/instances.json",
+        "pope/synth_pope_random.jsonl",
+        "pope/synth_pope_popular.jsonl",
+        "pope/synth_pope_adversarial.jsonl",
+        "native/train.jsonl",
+        "native/val.jsonl",
+        "meta.json",
+        "README.md",
+        "gallery.png",
+    ]:
+        assert name in names
+    assert sum(n.startswith("images/") for n in names) == N_SMALL
+    assert not [n for n in names if n.endswith(".tmp")]
+    meta = json.loads((world / "meta.json").read_text())
+    assert meta["seed"] == SEED and meta["images"] == N_SMALL and meta["categories"] == list(CATEGORIES)
+    assert meta["splits"] == {"train": 6, "val": 2}
+
+
+def test_coco_instances_load_in_pycocotools_and_masks_are_exact(world):
+    coco_module = pytest.importorskip("pycocotools.coco")
+    coco = coco_module.COCO(str(world / "instances.json"))
+    scenes = generate_scenes(N_SMALL, seed=SEED)
+    assert sorted(c["id"] for c in coco.loadCats(coco.getCatIds())) == list(range(1, len(CATEGORIES) + 1))
+    for image_id, scene in enumerate(scenes, start=1):
+        info = coco.loadImgs(image_id)[0]
+        assert (info["height"], info["width"]) == scene.image.shape[:2]
+        pixels = np.asarray(Image.open(world / "images" / info["file_name"]).convert("RGB"))
+        assert np.array_equal(pixels, scene.image)
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=[image_id]))
+        assert len(anns) == len(scene.objects)
+        for ann, obj in zip(anns, scene.objects):
+            assert np.array_equal(coco.annToMask(ann).astype(bool), obj.mask)
+            x, y, w, h = ann["bbox"]
+            assert [x, y, x + w, y + h] == list(obj.box)
+            assert ann["area"] == int(obj.mask.sum()) and ann["iscrowd"] == 0
+            assert coco.loadCats(ann["category_id"])[0]["name"] == obj.category
+    assert (world / "refcocog" / "instances.json").read_bytes() == (world / "instances.json").read_bytes()
+
+
+def test_refs_pickle_holds_only_plain_types(world):
+    data = (world / "refcocog" / "refs(umd).p").read_bytes()
+    opcodes = {op.name for op, _, _ in pickletools.genops(data)}
+    assert not opcodes & {"GLOBAL", "STACK_GLOBAL", "REDUCE", "BUILD", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX"}
+    refs = pickle.loads(data)
+
+    def plain(value) -> bool:
+        if isinstance(value, dict):
+            return all(isinstance(k, str) and plain(v) for k, v in value.items())
+        if isinstance(value, list):
+            return all(plain(v) for v in value)
+        return type(value) in (str, int)
+
+    assert isinstance(refs, list) and refs and plain(refs)
+    instances = json.loads((world / "instances.json").read_text())
+    anns = {a["id"]: a for a in instances["annotations"]}
+    for ref in refs:
+        assert set(ref) == {"ref_id", "ann_id", "image_id", "category_id", "split", "sentences", "sent_ids", "file_name"}
+        assert ref["split"] in {"train", "val", "test"}
+        assert anns[ref["ann_id"]]["image_id"] == ref["image_id"]
+        assert anns[ref["ann_id"]]["category_id"] == ref["category_id"]
+        assert ref["sent_ids"] == [s["sent_id"] for s in ref["sentences"]]
+        for sentence in ref["sentences"]:
+            assert sentence["tokens"] == sentence["sent"].split() and sentence["raw"] == sentence["sent"]
+    assert {r["split"] for r in refs} == {"train", "val", "test"}
+
+
+def test_every_referring_expression_resolves_to_exactly_its_object(draw):
+    total = with_ref = 0
+    for scene in draw[:200]:
+        for i, obj in enumerate(scene.objects):
+            total += 1
+            with_ref += bool(obj.referring)
+            assert len(obj.referring) == len(obj.referring_forms)
+            for text, form in zip(obj.referring, obj.referring_forms):
+                assert form.text() == text
+                assert resolve(scene, form) == {i}, (text, obj.brief)
+    assert with_ref / total > 0.99
+
+
+def test_resolver_handles_relations_and_extremes(draw):
+    kinds = Counter()
+    for scene in draw[:200]:
+        for obj in scene.objects:
+            for form in obj.referring_forms:
+                kinds["relation" if form.relation else "extreme" if form.extreme else "attributes"] += 1
+    assert kinds["attributes"] > 0 and kinds["relation"] > 0
+
+
+def test_each_difficulty_bucket_is_populated(draw):
+    counts = Counter(tag for scene in draw[:200] for obj in scene.objects for tag in obj.tags)
+    for tag in DIFFICULTY_TAGS:
+        assert counts[tag] > 0, tag
+    assert any(len(scene.objects) >= 6 for scene in draw[:200])
+    assert any(len(scene.objects) == 1 for scene in draw[:200])
+
+
+def test_colour_is_independent_of_category(draw):
+    combos = Counter((obj.category, obj.colour) for scene in draw for obj in scene.objects)
+    missing = [pair for pair in itertools.product(CATEGORIES, COLOUR_NAMES) if pair not in combos]
+    assert not missing
+    for category in CATEGORIES:
+        per = [combos[(category, colour)] for colour in COLOUR_NAMES]
+        assert max(per) / sum(per) < 0.3, category
+
+
+def test_relations_are_consistent_and_tags_match_annotations(draw):
+    for scene in draw[:100]:
+        for i, obj in enumerate(scene.objects):
+            for rel, j in obj.relations:
+                assert (INVERSE_RELATION[rel], i) in scene.objects[j].relations
+            x1, y1, x2, y2 = obj.box
+            rows, cols = np.nonzero(obj.mask)
+            assert (x1, y1, x2, y2) == (cols.min(), rows.min(), cols.max() + 1, rows.max() + 1)
+            assert ("distractor" in obj.tags) == any(o.category == obj.category for o in scene.objects if o is not obj)
+            assert obj.brief == f"{obj.size} {obj.colour} {obj.texture} {obj.category}"
+        union = np.zeros(scene.image.shape[:2], dtype=int)
+        for obj in scene.objects:
+            union += obj.mask
+        assert union.max() <= 1  # visible masks never overlap
+
+
+def test_non_square_scenes():
+    scene = generate_scene(np.random.default_rng(0), 320, 160)
+    assert scene.image.shape == (160, 320, 3) and scene.image.dtype == np.uint8
+    assert all(obj.mask.shape == (160, 320) for obj in scene.objects)
+
+
+def test_adversarial_negatives_are_absent_and_similar(draw):
+    import random
+
+    for scene in draw[:50]:
+        pairs = present_pairs(scene)
+        present = {c for _, c in pairs}
+        for phrase in existence_negatives(pairs, random.Random(0), "adversarial", 4):
+            words = phrase.split()
+            if len(words) == 1:
+                assert words[0] not in present and any(words[0] in SIMILAR[c] for c in present)
+            else:
+                assert tuple(words) not in set(pairs) and words[1] in present
+
+
+def test_pope_and_native_files(world):
+    for setting in ("random", "popular", "adversarial"):
+        rows = [json.loads(line) for line in (world / "pope" / f"synth_pope_{setting}.jsonl").read_text().splitlines()]
+        assert rows and all(set(r) == {"question_id", "image", "text", "label"} for r in rows)
+        labels = Counter(r["label"] for r in rows)
+        assert labels["yes"] == labels["no"]
+        assert all(r["text"].startswith("Is there a ") and r["text"].endswith(" in the image?") for r in rows)
+        assert [r["question_id"] for r in rows] == list(range(1, len(rows) + 1))
+    native_dir = world / "native"
+    samples = list(read_native_jsonl(native_dir / "train.jsonl")) + list(read_native_jsonl(native_dir / "val.jsonl"))
+    assert len(samples) == N_SMALL
+    scenes = generate_scenes(N_SMALL, seed=SEED)
+    for sample, scene in zip(sorted(samples, key=lambda s: s.id[-6:]), scenes):
+        assert sample.image_path().is_file()
+        assert len(sample.regions) == len(scene.objects)
+        for region, obj in zip(sample.regions, scene.objects):
+            assert np.array_equal(decode_rle(region.mask), obj.mask)
+            assert region.attributes["brief"] == obj.brief and region.attributes["referring"] == list(obj.referring)
+        humans = sample.conversations[0::2]
+        answers = sample.conversations[1::2]
+        tasks = Counter(turn["task"] for turn in humans)
+        assert tasks["classify"] == len(scene.objects) and tasks["brief"] == len(scene.objects)
+        assert tasks["existence"] >= 1
+        for human, answer in zip(humans, answers):
+            if human["task"] == "classify":
+                assert answer["value"] in CATEGORIES
+            if human["task"] == "rec" and answer["value"] != NO_MATCH_ANSWER:
+                k = parse_rec_answer(answer["value"])
+                phrase = human["value"].split("'")[1]
+                assert phrase in scene.objects[k].referring
+            if human["task"] == "existence":
+                assert answer["value"] in ("Yes.", "No.")
+
+
+def test_cli_end_to_end(tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main(["synth", str(out), "--images", "3", "--seed", "5", "--width", "200", "--height", "120", "--val-fraction", "0.34"]) == 0
+    assert "wrote 3 images" in capsys.readouterr().out
+    assert Image.open(out / "images" / "000001.png").size == (200, 120)
+    assert main(["synth", str(out), "--images", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--overwrite" in err and "\n" not in err
+    assert main(["synth", str(out), "--images", "2", "--overwrite", "--quiet"]) == 0
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["000001.png", "000002.png"]
+    assert main(["synth", str(tmp_path / "x"), "--images", "0"]) == 2
+    assert "--images" in capsys.readouterr().err
+
+
+def test_bad_arguments_raise_invalid_input(tmp_path):
+    with pytest.raises(InvalidInputError, match="--images"):
+        write_world(tmp_path / "a", images=0, progress=False)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(InvalidInputError, match="not a folder"):
+        write_world(blocker, images=1, progress=False)
+    with pytest.raises(InvalidInputError, match="val-fraction"):
+        write_world(tmp_path / "b", images=1, val_fraction=1.5, progress=False)
+    with pytest.raises(InvalidInputError, match="cannot write|not a folder"):
+        write_world(blocker / "sub", images=1, progress=False)
