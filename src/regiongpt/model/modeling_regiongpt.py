@@ -328,9 +328,20 @@ class RegionGPTForConditionalGeneration(RegionGPTPreTrainedModel, GenerationMixi
             region_embeds=outputs.get("region_embeds"),
         )
 
-    def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        cache: Cache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        is_first_iteration: bool | None = False,
+        **kwargs,
+    ):
         """As the base class; region inputs are consumed at prefill only, like pixel_values."""
-        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids, cache=cache, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+            is_first_iteration=is_first_iteration, **kwargs,
+        )
         if not is_first_iteration and kwargs.get("use_cache", True):
             for key in REGION_INPUTS:
                 model_inputs.pop(key, None)

@@ -1,0 +1,304 @@
+"""The inference engine: many questions about many images, each image encoded once, each
+image's shared prompt prefix prefilled once, all questions decoded together.
+
+The engine works on token ids and tensors only (it knows nothing of tokenisation): callers
+give each request's full prompt ids (placeholders already expanded by the processor), the
+image it is about and, for each ``<region>`` token of the prompt, the region it stands for.
+The shared prefix of an image's requests is found as their longest common prefix (comparing
+region placeholders by the region they stand for), so answers equal running each prompt
+alone. Results stream as :class:`TokenEvent` s; :meth:`Engine.generate` collects them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .decoder import PrefixKV, SharedPrefixDecoder, SuffixKV, supports
+from .sampling import next_tokens
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    stop_token_ids: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class Request:
+    """One prompt: full token ids, its image (index into the batch's images) and its regions."""
+
+    input_ids: Sequence[int]
+    image: int | None = None
+    regions: Sequence[int] = ()  # region index (into the batch's regions) of each <region> token, in order
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+
+
+@dataclass
+class VisualInputs:
+    """The images and regions a batch of requests refers to (as the processor returns them)."""
+
+    pixel_values: torch.Tensor  # (N, 3, S, S)
+    region_masks: torch.Tensor | None = None  # (R, S, S)
+    region_boxes: torch.Tensor | None = None  # (R, 4)
+    region_image_index: torch.Tensor | None = None  # (R,)
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    request: int
+    token_id: int
+    logprob: float
+    finish_reason: str | None = None  # None while the request goes on; "stop" or "length" at its end
+
+
+@dataclass
+class Completion:
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    finish_reason: str | None = None
+
+    @property
+    def score(self) -> float:
+        """Log-likelihood of the answer under the model."""
+        return float(sum(self.logprobs))
+
+
+StopCheck = Callable[[int, list[int]], bool]
+
+
+class Engine:
+    """Batched multi-region generation over a RegionGPT model.
+
+    ``max_rows`` bounds how many questions decode together (a memory budget); more are
+    processed in chunks that reuse the same image encodings and prefix KV.
+    """
+
+    def __init__(self, model, max_rows: int = 64):
+        self.model = model.eval()
+        self.max_rows = max_rows
+        lm = model.model.language_model
+        self.decoder = (
+            SharedPrefixDecoder(lm, model.lm_head, (model.config.region_token_id,)) if supports(lm) else None
+        )
+
+    @property
+    def uses_shared_prefix(self) -> bool:
+        return self.decoder is not None
+
+    def generate(self, requests: Sequence[Request], visual: VisualInputs | None = None,
+                 should_stop: StopCheck | None = None, seed: int | None = None) -> list[Completion]:
+        """All completions, in request order."""
+        completions = [Completion() for _ in requests]
+        for event in self.stream(requests, visual, should_stop, seed):
+            completion = completions[event.request]
+            completion.token_ids.append(event.token_id)
+            completion.logprobs.append(event.logprob)
+            completion.finish_reason = event.finish_reason
+        return completions
+
+    @torch.no_grad()
+    def stream(self, requests: Sequence[Request], visual: VisualInputs | None = None,
+               should_stop: StopCheck | None = None, seed: int | None = None) -> Iterator[TokenEvent]:
+        """Token events as they are decoded, interleaved across requests.
+
+        ``should_stop(request, token_ids)`` lets a caller end a request early (stop strings);
+        the token that triggered it is the request's last.
+        """
+        if not requests:
+            return
+        model = self.model
+        device = model.device
+        generator = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
+        vision = None
+        region_embeds = None
+        if visual is not None:
+            vision = model.encode_images(visual.pixel_values.to(device))
+            if visual.region_masks is not None and len(visual.region_masks):
+                index = visual.region_image_index
+                if index is None:
+                    index = torch.zeros(len(visual.region_masks), dtype=torch.long)
+                region_embeds = model.encode_regions(vision, visual.region_masks, index.to(device),
+                                                     None if visual.region_boxes is None else visual.region_boxes.to(device))
+        self._check(requests, vision, region_embeds)
+        if self.decoder is None:
+            yield from self._fallback(requests, vision, region_embeds, should_stop, generator)
+            return
+
+        # 1. one prefix per image: the longest common prefix of its requests
+        groups: dict[int | None, list[int]] = {}
+        for i, request in enumerate(requests):
+            groups.setdefault(request.image, []).append(i)
+        prefixes: list[PrefixKV] = []
+        prefix_of: dict[int, int] = {}
+        prefix_len: dict[int, int] = {}
+        for image, members in groups.items():
+            length = _common_prefix_length([requests[i] for i in members], model.config.region_token_id)
+            first = requests[members[0]]
+            ids = list(first.input_ids[:length])
+            n_regions = _count(ids, model.config.region_token_id)
+            embeds = self._embed(ids, image, list(first.regions[:n_regions]), vision, region_embeds)
+            kv, _ = self.decoder.prefill_prefix(embeds[None])
+            for i in members:
+                prefix_of[i] = len(prefixes)
+                prefix_len[i] = length
+            prefixes.append(kv)
+
+        # 2. decode the suffixes in chunks of at most max_rows rows
+        order = [i for members in groups.values() for i in members]
+        for start in range(0, len(order), self.max_rows):
+            chunk = order[start : start + self.max_rows]
+            yield from self._decode_chunk(chunk, requests, prefixes, prefix_of, prefix_len, vision, region_embeds,
+                                          should_stop, generator)
+
+    # ----- pieces ---------------------------------------------------------------------------
+    def _check(self, requests, vision, region_embeds) -> None:
+        n_images = 0 if vision is None else vision.image_embeds.shape[0]
+        n_regions = 0 if region_embeds is None else region_embeds.shape[0]
+        region_id = self.model.config.region_token_id
+        for i, request in enumerate(requests):
+            if request.image is not None and not 0 <= request.image < n_images:
+                raise ValueError(f"request {i} refers to image {request.image} but {n_images} image(s) were given")
+            if len(request.input_ids) == 0:
+                raise ValueError(f"request {i} has an empty prompt")
+            if _count(request.input_ids, region_id) != len(request.regions):
+                raise ValueError(f"request {i}: its prompt has {_count(request.input_ids, region_id)} region tokens "
+                                 f"but {len(request.regions)} region indices")
+            bad = [r for r in request.regions if not 0 <= r < n_regions]
+            if bad:
+                raise ValueError(f"request {i} refers to region index {bad[0]} but {n_regions} region(s) were given")
+
+    def _embed(self, ids: list[int], image: int | None, regions: list[int], vision, region_embeds) -> torch.Tensor:
+        """(L, D) embeddings of ``ids`` with image and region features in place."""
+        model = self.model
+        input_ids = torch.tensor([ids], dtype=torch.long, device=model.device)
+        embeds = model.get_input_embeddings()(input_ids)
+        has_image = bool((input_ids == model.config.image_token_id).any())
+        image_embeds = vision.image_embeds[image : image + 1] if has_image else None
+        index = torch.tensor(regions, dtype=torch.long, device=model.device)
+        return model.model.merge_embeddings(input_ids, embeds, image_embeds, region_embeds, index)[0]
+
+    def _decode_chunk(self, chunk, requests, prefixes, prefix_of, prefix_len, vision, region_embeds,
+                      should_stop, generator) -> Iterator[TokenEvent]:
+        model = self.model
+        device = model.device
+        region_id = model.config.region_token_id
+        suffixes = []
+        for i in chunk:
+            request = requests[i]
+            ids = list(request.input_ids[prefix_len[i]:])
+            skipped = _count(request.input_ids[: prefix_len[i]], region_id)
+            suffixes.append(self._embed(ids, request.image, list(request.regions[skipped:]), vision, region_embeds))
+        longest = max(len(s) for s in suffixes)
+        dim = suffixes[0].shape[-1]
+        rows = len(chunk)
+        embeds = suffixes[0].new_zeros(rows, longest, dim)
+        valid = torch.zeros(rows, longest, dtype=torch.bool, device=device)
+        positions = torch.zeros(rows, longest, dtype=torch.long, device=device)
+        for r, (i, s) in enumerate(zip(chunk, suffixes)):
+            embeds[r, longest - len(s):] = s  # left padding
+            valid[r, longest - len(s):] = True
+            positions[r, longest - len(s):] = torch.arange(prefix_len[i], prefix_len[i] + len(s), device=device)
+        row_prefix = torch.tensor([prefix_of[i] for i in chunk], device=device)
+        params = [requests[i].sampling for i in chunk]
+        temperature = torch.tensor([p.temperature for p in params], dtype=torch.float32)
+        top_p = torch.tensor([p.top_p for p in params], dtype=torch.float32)
+        decoder = self.decoder
+        cache = SuffixKV.empty(decoder.num_layers, rows, decoder.num_kv_heads, decoder.head_dim, embeds)
+        logits, cache = decoder.step(embeds, valid, positions, prefixes, row_prefix, cache)
+        next_position = positions[:, -1] + 1
+        alive = list(range(rows))  # rows of the chunk still decoding, in cache order
+        generated = [[] for _ in chunk]
+        embed_tokens = model.get_input_embeddings()
+        while True:
+            tokens, logprobs = next_tokens(logits.cpu(), temperature[alive], top_p[alive], generator)
+            keep = []
+            for slot, r in enumerate(alive):
+                token = int(tokens[slot])
+                generated[r].append(token)
+                reason = None
+                if token in params[r].stop_token_ids:
+                    reason = "stop"
+                elif should_stop is not None and should_stop(chunk[r], generated[r]):
+                    reason = "stop"
+                elif len(generated[r]) >= params[r].max_new_tokens:
+                    reason = "length"
+                yield TokenEvent(chunk[r], token, float(logprobs[slot]), reason)
+                if reason is None:
+                    keep.append(slot)
+            if not keep:
+                return
+            if len(keep) < len(alive):
+                index = torch.tensor(keep, device=device)
+                cache = SuffixKV([k[index] for k in cache.keys], [v[index] for v in cache.values], cache.valid[index])
+                row_prefix = row_prefix[index]
+                next_position = next_position[index]
+                tokens = tokens[keep]
+                alive = [alive[s] for s in keep]
+            new = embed_tokens(tokens.to(device))[:, None]
+            ones = torch.ones(len(alive), 1, dtype=torch.bool, device=device)
+            logits, cache = decoder.step(new, ones, next_position[:, None], prefixes, row_prefix, cache)
+            next_position = next_position + 1
+
+    def _fallback(self, requests, vision, region_embeds, should_stop, generator) -> Iterator[TokenEvent]:
+        """Any other language model: transformers' generate on the merged embeddings, one request at a time."""
+        model = self.model
+        for i, request in enumerate(requests):
+            embeds = self._embed(list(request.input_ids), request.image, list(request.regions), vision, region_embeds)
+            params = request.sampling
+            out = model.generate(
+                inputs_embeds=embeds[None], attention_mask=torch.ones(1, len(embeds), dtype=torch.long),
+                max_new_tokens=params.max_new_tokens, do_sample=params.temperature > 0,
+                temperature=params.temperature or None, top_p=params.top_p,
+                eos_token_id=list(params.stop_token_ids) or None, output_scores=True, return_dict_in_generate=True,
+            )
+            tokens = out.sequences[0].tolist()
+            generated = []
+            for step, token in enumerate(tokens):
+                logprob = float(torch.log_softmax(out.scores[step][0].float(), -1)[token])
+                generated.append(token)
+                reason = None
+                if token in params.stop_token_ids or (should_stop is not None and should_stop(i, generated)):
+                    reason = "stop"
+                elif step == len(tokens) - 1:
+                    reason = "length"
+                yield TokenEvent(i, token, logprob, reason)
+                if reason:
+                    break
+
+
+def _count(ids: Sequence[int], token_id: int) -> int:
+    return sum(1 for t in ids if t == token_id)
+
+
+def _common_prefix_length(requests: list[Request], region_token_id: int) -> int:
+    """Longest common prefix (region tokens equal only if they stand for the same region),
+    leaving every request at least one token of its own."""
+    limit = min(len(r.input_ids) for r in requests) - 1
+    first = requests[0]
+    seen_regions = 0
+    counters = [0] * len(requests)
+    for position in range(limit):
+        token = first.input_ids[position]
+        for k, request in enumerate(requests):
+            if request.input_ids[position] != token:
+                return position
+            if token == region_token_id:
+                if request.regions[counters[k]] != first.regions[seen_regions]:
+                    return position
+        if token == region_token_id:
+            seen_regions += 1
+            counters = [c + 1 for c in counters]
+    return max(limit, 0)
