@@ -160,8 +160,8 @@ def test_backbones_forward_and_generate(tokenizer, image, preset):
 @pytest.mark.parametrize(
     "overrides",
     [dict(region_pooling="roi_box"), dict(refine_residual=False), dict(refine_factor=1), dict(share_connector=False),
-     dict(image_grid_size=4, image_seq_length=16)],
-    ids=["roi_box", "reference_refinement", "no_refinement", "separate_connector", "merged_4x4"],
+     dict(image_grid_size=4, image_seq_length=16), dict(feature_position_embedding=True)],
+    ids=["roi_box", "reference_refinement", "no_refinement", "separate_connector", "merged_4x4", "position_embedding"],
 )
 def test_architecture_switches(tokenizer, image, overrides):
     model = make_model("tiny-clip-llama", tokenizer, **overrides)

@@ -63,6 +63,9 @@ class RegionGPTConfig(PreTrainedConfig):
             box RoI pooling on the coarse map).
         roi_output_size: bins per side for "roi_box" pooling.
         share_connector: image and region features share one connector MLP (paper) or not.
+        feature_position_embedding: add a learned (zero-initialised) position embedding to the
+            vision grid, so pooled region features know where they are. ViT features carry
+            position already; small CNN towers need it for spatial relations.
     """
 
     model_type = "regiongpt"
@@ -99,6 +102,7 @@ class RegionGPTConfig(PreTrainedConfig):
     region_pooling: Literal["mask", "roi_box"] = "mask"
     roi_output_size: int = 7
     share_connector: bool = True
+    feature_position_embedding: bool = False
     projector_hidden_act: str = "gelu"
     multimodal_projector_bias: bool = True
     tie_word_embeddings: bool = False

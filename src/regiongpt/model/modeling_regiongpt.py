@@ -69,6 +69,8 @@ class RegionGPTPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
+        if isinstance(module, RegionGPTModel) and module.position_embedding is not None:
+            init.zeros_(module.position_embedding)
         if getattr(module, "zero_init", False):  # the residual refinement branch's output layer
             init.zeros_(module.weight)
             init.zeros_(module.bias)
@@ -89,6 +91,12 @@ class RegionGPTModel(RegionGPTPreTrainedModel):
             None
             if config.share_connector
             else Connector(config.vision_feature_dim, text_dim, config.projector_hidden_act, config.multimodal_projector_bias)
+        )
+        grid = config.vision_grid_size
+        self.position_embedding = (
+            nn.Parameter(torch.zeros(config.vision_feature_dim, grid, grid))
+            if config.feature_position_embedding
+            else None
         )
         self.language_model = AutoModel.from_config(config.text_config)
         self.post_init()
@@ -113,6 +121,8 @@ class RegionGPTModel(RegionGPTPreTrainedModel):
         )  # (B, C, g, g)
         connector_dtype = self.connector.linear_1.weight.dtype
         coarse = coarse.to(connector_dtype)
+        if self.position_embedding is not None:
+            coarse = coarse + self.position_embedding.to(connector_dtype)
         refined, branch = self.feature_refiner.refine(coarse)  # (B, C, g*f, g*f)
         image_map = self.feature_refiner.image_map(coarse, branch, config.image_grid_size)  # (B, C, m, m)
         image_tokens = image_map.flatten(2).transpose(1, 2)  # (B, m*m, C)
