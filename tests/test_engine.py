@@ -154,3 +154,31 @@ def test_bad_requests_are_reported(tokenizer):
         SamplingParams(max_new_tokens=0)
     with pytest.raises(ValueError, match="region tokens"):
         engine.generate([Request([1, model.config.region_token_id], regions=[])])
+
+
+def test_candidate_scores_equal_teacher_forced_log_likelihood(tokenizer):
+    model = make_model("tiny-clip-llama", tokenizer)
+    randomise_refiner(model, scale=2.0)
+    processor = make_processor(model, tokenizer)
+    images = _images()
+    prompts = [(0, "USER: <image>\nWhat is <region1>? ASSISTANT:"), (0, "USER: <image>\nWhat is <region2>? ASSISTANT:")]
+    requests, visual = _batch(processor, prompts, images, [BOXES, []], SamplingParams())
+    candidates = [tokenizer(" star ring", add_special_tokens=False)["input_ids"],
+                  tokenizer(" red", add_special_tokens=False)["input_ids"]]
+    options = [candidates, candidates[::-1]]
+    engine = Engine(model)
+    scores = engine.score(requests, options, visual)
+    for (image, prompt), opts, got in zip(prompts, options, scores):
+        for option, value in zip(opts, got):
+            enc = processor(images=images[image], text=prompt, regions=BOXES)
+            full = torch.cat([enc["input_ids"], torch.tensor([option])], dim=1)
+            inputs = dict(enc, input_ids=full, attention_mask=torch.ones_like(full))
+            with torch.no_grad():
+                logprobs = torch.log_softmax(model(**inputs).logits[0].float(), -1)
+            n = len(option)
+            want = logprobs[-n - 1 : -1].gather(1, torch.tensor(option)[:, None]).sum()
+            assert abs(value - float(want)) < 1e-4
+    plain = Engine(model)
+    plain.decoder = None
+    torch.testing.assert_close(torch.tensor(plain.score(requests, options, visual)), torch.tensor(scores),
+                               rtol=1e-4, atol=1e-4)

@@ -13,4 +13,13 @@ _register_with_transformers()
 from regiongpt.model import RegionGPTConfig, RegionGPTForConditionalGeneration  # noqa: E402
 from regiongpt.processing.processing_regiongpt import RegionGPTProcessor  # noqa: E402
 
-__all__ = ["RegionGPTConfig", "RegionGPTForConditionalGeneration", "RegionGPTProcessor", "__version__"]
+__all__ = ["RegionGPT", "RegionGPTConfig", "RegionGPTForConditionalGeneration", "RegionGPTProcessor", "__version__"]
+
+
+def __getattr__(name: str):
+    # The Python API pulls in the inference engine; load it on first use.
+    if name == "RegionGPT":
+        from regiongpt.inference.api import RegionGPT
+
+        return RegionGPT
+    raise AttributeError(f"module 'regiongpt' has no attribute {name!r}")

@@ -10,6 +10,7 @@ import this module; their user-facing errors are defined there and re-exported h
 
 from regiongpt.model.modeling_regiongpt import RegionReferenceError
 from regiongpt.model.pooling import EmptyRegionError
+from regiongpt.processing.processing_regiongpt import InvalidImageError
 from regiongpt.processing.regions import InvalidRegionError
 
 
@@ -22,7 +23,7 @@ class InvalidInputError(RegionGPTError, ValueError):
 
 
 # Everything the CLI reports as a one-line user error.
-USER_ERRORS = (RegionGPTError, InvalidRegionError, RegionReferenceError, EmptyRegionError)
+USER_ERRORS = (RegionGPTError, InvalidRegionError, InvalidImageError, RegionReferenceError, EmptyRegionError)
 
-__all__ = ["EmptyRegionError", "InvalidInputError", "InvalidRegionError", "RegionGPTError", "RegionReferenceError",
+__all__ = ["EmptyRegionError", "InvalidImageError", "InvalidInputError", "InvalidRegionError", "RegionGPTError", "RegionReferenceError",
            "USER_ERRORS"]

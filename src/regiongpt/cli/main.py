@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from collections.abc import Sequence
 
 from regiongpt.errors import USER_ERRORS
 
 # Sub-command modules, in the order `--help` lists them.
-COMMAND_MODULES = ("synth", "convert")
+COMMAND_MODULES = ("describe", "ground", "chat", "synth", "convert")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,8 +44,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        print(f"regiongpt {args.command}: warning: {message}", file=sys.stderr)
+
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning
+            return int(args.func(args) or 0)
     except USER_ERRORS as error:
         print(f"regiongpt {args.command}: error: {error}", file=sys.stderr)
         return 2

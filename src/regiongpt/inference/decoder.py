@@ -145,8 +145,10 @@ class SharedPrefixDecoder:
         prefixes: list[PrefixKV],
         row_prefix: torch.Tensor,  # (B,) index into prefixes of each row
         suffix: SuffixKV,
+        all_logits: bool = False,
     ) -> tuple[torch.Tensor, SuffixKV]:
-        """Run new tokens of every row; returns logits of each row's last token (B, V) and the grown cache."""
+        """Run new tokens of every row; returns logits of each row's last token (B, V) — or of
+        every new token (B, Lq, V) with ``all_logits`` — and the grown cache."""
         batch, length, _ = embeds.shape
         cos, sin = self.lm.rotary_emb(embeds, position_ids=positions)
         valid = torch.cat([suffix.valid, new_valid], dim=1)  # (B, Ls + Lq)
@@ -169,7 +171,7 @@ class SharedPrefixDecoder:
             attended = self._attend(q, pk, pv, row_prefix, k_all, v_all, allowed)
             hidden = self._finish_layer(layer, hidden, attended)
         del past
-        return self.logits(hidden[:, -1]), SuffixKV(keys, values, valid)
+        return self.logits(hidden if all_logits else hidden[:, -1]), SuffixKV(keys, values, valid)
 
     def _attend(
         self,

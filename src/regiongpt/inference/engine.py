@@ -119,49 +119,54 @@ class Engine:
         """
         if not requests:
             return
-        model = self.model
-        device = model.device
         generator = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
-        vision = None
-        region_embeds = None
-        if visual is not None:
-            vision = model.encode_images(visual.pixel_values.to(device))
-            if visual.region_masks is not None and len(visual.region_masks):
-                index = visual.region_image_index
-                if index is None:
-                    index = torch.zeros(len(visual.region_masks), dtype=torch.long)
-                region_embeds = model.encode_regions(vision, visual.region_masks, index.to(device),
-                                                     None if visual.region_boxes is None else visual.region_boxes.to(device))
+        vision, region_embeds = self._encode_visual(visual)
         self._check(requests, vision, region_embeds)
         if self.decoder is None:
             yield from self._fallback(requests, vision, region_embeds, should_stop, generator)
             return
-
-        # 1. one prefix per image: the longest common prefix of its requests
-        groups: dict[int | None, list[int]] = {}
-        for i, request in enumerate(requests):
-            groups.setdefault(request.image, []).append(i)
-        prefixes: list[PrefixKV] = []
-        prefix_of: dict[int, int] = {}
-        prefix_len: dict[int, int] = {}
-        for image, members in groups.items():
-            length = _common_prefix_length([requests[i] for i in members], model.config.region_token_id)
-            first = requests[members[0]]
-            ids = list(first.input_ids[:length])
-            n_regions = _count(ids, model.config.region_token_id)
-            embeds = self._embed(ids, image, list(first.regions[:n_regions]), vision, region_embeds)
-            kv, _ = self.decoder.prefill_prefix(embeds[None])
-            for i in members:
-                prefix_of[i] = len(prefixes)
-                prefix_len[i] = length
-            prefixes.append(kv)
-
-        # 2. decode the suffixes in chunks of at most max_rows rows
-        order = [i for members in groups.values() for i in members]
-        for start in range(0, len(order), self.max_rows):
+        prefixes, prefix_of, prefix_len, order = self._prefill_prefixes(requests, vision, region_embeds)
+        for start in range(0, len(order), self.max_rows):  # decode in chunks of at most max_rows rows
             chunk = order[start : start + self.max_rows]
             yield from self._decode_chunk(chunk, requests, prefixes, prefix_of, prefix_len, vision, region_embeds,
                                           should_stop, generator)
+
+    @torch.no_grad()
+    def score(self, requests: Sequence[Request], candidates: Sequence[Sequence[Sequence[int]]],
+              visual: VisualInputs | None = None) -> list[list[float]]:
+        """Log-likelihood of each candidate continuation (token ids) of each request's prompt:
+        ``result[i][c] = log p(candidates[i][c] | request i)``. Used for per-category scores."""
+        rows: list[Request] = []
+        spans: list[tuple[int, int, int]] = []  # (request, candidate, length)
+        for i, (request, options) in enumerate(zip(requests, candidates)):
+            for c, option in enumerate(options):
+                if not option:
+                    raise ValueError(f"request {i}: candidate {c} is empty")
+                rows.append(Request(list(request.input_ids) + list(option), request.image, request.regions))
+                spans.append((i, c, len(option)))
+        if not rows:
+            return [[] for _ in requests]
+        vision, region_embeds = self._encode_visual(visual)
+        self._check(rows, vision, region_embeds)
+        out = [[0.0] * len(options) for options in candidates]
+        if self.decoder is None:
+            for (i, c, length), row in zip(spans, rows):
+                out[i][c] = self._score_plain(row, length, vision, region_embeds)
+            return out
+        # the prompt's last token must stay in each row's suffix: its logits predict the candidate
+        prefixes, prefix_of, prefix_len, order = self._prefill_prefixes(rows, vision, region_embeds,
+                                                                        keep_last=[s[2] + 1 for s in spans])
+        for start in range(0, len(order), self.max_rows):
+            chunk = order[start : start + self.max_rows]
+            logits, suffix_ids = self._run_suffixes(chunk, rows, prefixes, prefix_of, prefix_len, vision,
+                                                    region_embeds, all_logits=True)
+            logprobs = torch.log_softmax(logits, dim=-1)  # (B, L, V), left-padded
+            for r, i in enumerate(chunk):
+                request, candidate, length = spans[i]
+                ids = torch.tensor(suffix_ids[r][-length:])
+                predicted = logprobs[r, -length - 1 : -1]  # positions that predict the candidate tokens
+                out[request][candidate] = float(predicted.gather(1, ids[:, None]).sum())
+        return out
 
     # ----- pieces ---------------------------------------------------------------------------
     def _check(self, requests, vision, region_embeds) -> None:
@@ -190,16 +195,67 @@ class Engine:
         index = torch.tensor(regions, dtype=torch.long, device=model.device)
         return model.model.merge_embeddings(input_ids, embeds, image_embeds, region_embeds, index)[0]
 
-    def _decode_chunk(self, chunk, requests, prefixes, prefix_of, prefix_len, vision, region_embeds,
-                      should_stop, generator) -> Iterator[TokenEvent]:
+    def _encode_visual(self, visual: VisualInputs | None):
+        """Image encodings and region embeddings, each computed once for the whole batch."""
+        if visual is None:
+            return None, None
+        model = self.model
+        device = model.device
+        vision = model.encode_images(visual.pixel_values.to(device))
+        region_embeds = None
+        if visual.region_masks is not None and len(visual.region_masks):
+            index = visual.region_image_index
+            if index is None:
+                index = torch.zeros(len(visual.region_masks), dtype=torch.long)
+            boxes = None if visual.region_boxes is None else visual.region_boxes.to(device)
+            region_embeds = model.encode_regions(vision, visual.region_masks, index.to(device), boxes)
+        return vision, region_embeds
+
+    def _prefill_prefixes(self, requests, vision, region_embeds, keep_last: Sequence[int] | None = None):
+        """One prefix per image: the longest common prefix of its requests, prefilled once.
+
+        ``keep_last[i]`` tokens of request i are kept out of the prefix. Returns the prefixes,
+        each request's prefix index and length, and the requests grouped by image.
+        """
+        region_id = self.model.config.region_token_id
+        groups: dict[int | None, list[int]] = {}
+        for i, request in enumerate(requests):
+            groups.setdefault(request.image, []).append(i)
+        prefixes: list[PrefixKV] = []
+        prefix_of: dict[int, int] = {}
+        prefix_len: dict[int, int] = {}
+        for image, members in groups.items():
+            length = _common_prefix_length([requests[i] for i in members], region_id)
+            if keep_last is not None:
+                length = min([length] + [len(requests[i].input_ids) - keep_last[i] for i in members])
+            length = max(length, 0)
+            first = requests[members[0]]
+            ids = list(first.input_ids[:length])
+            n_regions = _count(ids, region_id)
+            if length:
+                embeds = self._embed(ids, image, list(first.regions[:n_regions]), vision, region_embeds)
+                kv, _ = self.decoder.prefill_prefix(embeds[None])
+            else:
+                kv = None
+            for i in members:
+                prefix_of[i] = len(prefixes)
+                prefix_len[i] = length
+            prefixes.append(kv)
+        order = [i for members in groups.values() for i in members]
+        return prefixes, prefix_of, prefix_len, order
+
+    def _run_suffixes(self, chunk, requests, prefixes, prefix_of, prefix_len, vision, region_embeds,
+                      all_logits: bool = False):
+        """Prefill every row's own tokens (left-padded) against its prefix; returns logits and the state."""
         model = self.model
         device = model.device
         region_id = model.config.region_token_id
-        suffixes = []
+        suffixes, suffix_ids = [], []
         for i in chunk:
             request = requests[i]
             ids = list(request.input_ids[prefix_len[i]:])
             skipped = _count(request.input_ids[: prefix_len[i]], region_id)
+            suffix_ids.append(ids)
             suffixes.append(self._embed(ids, request.image, list(request.regions[skipped:]), vision, region_embeds))
         longest = max(len(s) for s in suffixes)
         dim = suffixes[0].shape[-1]
@@ -211,14 +267,27 @@ class Engine:
             embeds[r, longest - len(s):] = s  # left padding
             valid[r, longest - len(s):] = True
             positions[r, longest - len(s):] = torch.arange(prefix_len[i], prefix_len[i] + len(s), device=device)
-        row_prefix = torch.tensor([prefix_of[i] for i in chunk], device=device)
+        decoder = self.decoder
+        cache = SuffixKV.empty(decoder.num_layers, rows, decoder.num_kv_heads, decoder.head_dim, embeds)
+        active = [p for p in prefixes if p is not None]
+        remap = {id(p): k for k, p in enumerate(active)}
+        row_prefix = torch.tensor([remap.get(id(prefixes[prefix_of[i]]), -1) for i in chunk], device=device)
+        logits, cache = decoder.step(embeds, valid, positions, active, row_prefix, cache, all_logits=all_logits)
+        if all_logits:
+            return logits, suffix_ids
+        return logits, (cache, row_prefix, positions[:, -1] + 1, active)
+
+    def _decode_chunk(self, chunk, requests, prefixes, prefix_of, prefix_len, vision, region_embeds,
+                      should_stop, generator) -> Iterator[TokenEvent]:
+        model = self.model
+        device = model.device
+        logits, (cache, row_prefix, next_position, prefixes) = self._run_suffixes(
+            chunk, requests, prefixes, prefix_of, prefix_len, vision, region_embeds)
+        rows = len(chunk)
+        decoder = self.decoder
         params = [requests[i].sampling for i in chunk]
         temperature = torch.tensor([p.temperature for p in params], dtype=torch.float32)
         top_p = torch.tensor([p.top_p for p in params], dtype=torch.float32)
-        decoder = self.decoder
-        cache = SuffixKV.empty(decoder.num_layers, rows, decoder.num_kv_heads, decoder.head_dim, embeds)
-        logits, cache = decoder.step(embeds, valid, positions, prefixes, row_prefix, cache)
-        next_position = positions[:, -1] + 1
         alive = list(range(rows))  # rows of the chunk still decoding, in cache order
         generated = [[] for _ in chunk]
         embed_tokens = model.get_input_embeddings()
@@ -251,6 +320,14 @@ class Engine:
             ones = torch.ones(len(alive), 1, dtype=torch.bool, device=device)
             logits, cache = decoder.step(new, ones, next_position[:, None], prefixes, row_prefix, cache)
             next_position = next_position + 1
+
+    def _score_plain(self, row: Request, length: int, vision, region_embeds) -> float:
+        """Candidate log-likelihood with a plain forward (language models without the Llama structure)."""
+        embeds = self._embed(list(row.input_ids), row.image, list(row.regions), vision, region_embeds)
+        logits = self.model(inputs_embeds=embeds[None]).logits[0].float()
+        logprobs = torch.log_softmax(logits[-length - 1 : -1], dim=-1)
+        ids = torch.tensor(list(row.input_ids[-length:]), device=logprobs.device)
+        return float(logprobs.gather(1, ids[:, None]).sum())
 
     def _fallback(self, requests, vision, region_embeds, should_stop, generator) -> Iterator[TokenEvent]:
         """Any other language model: transformers' generate on the merged embeddings, one request at a time."""

@@ -25,10 +25,15 @@ from transformers.processing_utils import ProcessorMixin
 
 from .geometry import geometry_for
 from .regions import InvalidRegionError, prepare_regions
-from .templates import CHAT_TEMPLATE, FormattedConversation, format_conversation
+from .templates import SYSTEM_PROMPT, FormattedConversation, format_conversation
+from .templates import chat_template as build_chat_template
 
 REGION_REFERENCE = re.compile(r"<region(\d+)>")
 IGNORE_INDEX = -100
+
+
+class InvalidImageError(ValueError):
+    """An image input is not an image (unreadable file, wrong array shape or type)."""
 
 
 def load_image(image: Any) -> Image.Image:
@@ -38,7 +43,7 @@ def load_image(image: Any) -> Image.Image:
     if isinstance(image, np.ndarray):
         if image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4)):
             return Image.fromarray(image.astype(np.uint8)).convert("RGB")
-        raise ValueError(f"an image array must be (H, W) or (H, W, 3|4), got shape {image.shape}")
+        raise InvalidImageError(f"an image array must be (H, W) or (H, W, 3|4), got shape {image.shape}")
     if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
         try:
             with Image.open(image) as opened:
@@ -46,8 +51,8 @@ def load_image(image: Any) -> Image.Image:
         except FileNotFoundError:
             raise FileNotFoundError(2, "image not found", str(image)) from None
         except (OSError, Image.UnidentifiedImageError) as error:
-            raise ValueError(f"{image} is not an image file PIL can read ({error})") from None
-    raise TypeError(f"unsupported image type {type(image).__name__}; give a PIL image, an array or a path")
+            raise InvalidImageError(f"{image} is not an image file PIL can read ({error})") from None
+    raise InvalidImageError(f"unsupported image type {type(image).__name__}; give a PIL image, an array or a path")
 
 
 class RegionGPTProcessor(ProcessorMixin):
@@ -58,6 +63,12 @@ class RegionGPTProcessor(ProcessorMixin):
         tokenizer: a fast tokenizer that holds `<image>` and `<region>` as special tokens.
         image_seq_length: image tokens per image (the model config's value).
         image_token / region_token: the placeholder strings.
+        system_prompt: the system prompt of the conversation template (LLaVA-1.5's by default;
+            a checkpoint keeps the one it was trained with).
+        categories: the category names a checkpoint was trained to classify into, if any
+            (the default list for classification prompts).
+        category_vocabulary: how classification prompts name the category set
+            ("COCO-80" in the paper; "the listed" when the list is written out).
     """
 
     def __init__(
@@ -68,11 +79,17 @@ class RegionGPTProcessor(ProcessorMixin):
         image_seq_length: int = 576,
         image_token: str = "<image>",
         region_token: str = "<region>",
+        system_prompt: str | None = SYSTEM_PROMPT,
+        categories: list[str] | None = None,
+        category_vocabulary: str = "COCO-80",
     ):
         self.image_seq_length = image_seq_length
         self.image_token = image_token
         self.region_token = region_token
-        super().__init__(image_processor, tokenizer, chat_template=chat_template or CHAT_TEMPLATE)
+        self.system_prompt = system_prompt
+        self.categories = list(categories) if categories else None
+        self.category_vocabulary = category_vocabulary
+        super().__init__(image_processor, tokenizer, chat_template=chat_template or build_chat_template(system_prompt))
 
     @property
     def image_token_id(self) -> int:
@@ -84,8 +101,16 @@ class RegionGPTProcessor(ProcessorMixin):
 
     # ----- conversations ----------------------------------------------------------------
     def format_conversation(self, turns: Sequence[dict], add_generation_prompt: bool = False) -> FormattedConversation:
-        """The Vicuna v1 text of a conversation and the spans the model learns."""
-        return format_conversation(turns, add_generation_prompt=add_generation_prompt)
+        """The Vicuna v1 text of a conversation (with this checkpoint's system prompt) and the spans the model learns."""
+        return format_conversation(turns, system_prompt=self.system_prompt, add_generation_prompt=add_generation_prompt)
+
+    def encode_prompt(self, text: str, num_regions: int) -> tuple[list[int], list[int]]:
+        """Token ids of one prompt with placeholders expanded, and the 0-based region of each
+        ``<region>`` token — without touching any image (the engine encodes images once)."""
+        expanded, refs, _ = self._expand(text, num_regions, 0)
+        ids = self.tokenizer(expanded, add_special_tokens=True)["input_ids"]
+        self._check_region_tokens(torch.tensor([ids]), [refs])
+        return list(ids), refs
 
     # ----- the main call ------------------------------------------------------------------
     def __call__(
@@ -176,6 +201,30 @@ class RegionGPTProcessor(ProcessorMixin):
                 "the geometry does not match the image processor"
             )
         return BatchFeature(data=data)
+
+    def prepare_images(self, images: Sequence[Any], regions: Sequence[Sequence[Any]] | None = None) -> BatchFeature:
+        """Pixels and region masks for several images, with no text: ``pixel_values`` (N, 3, S, S),
+        ``region_masks`` (R, S, S), ``region_boxes`` (R, 4), ``region_image_index`` (R,) — regions of
+        image 0 first, then image 1, ... (what the inference engine takes)."""
+        pil_images = [load_image(image) for image in images]
+        region_lists = list(regions) if regions is not None else [[] for _ in pil_images]
+        if len(region_lists) != len(pil_images):
+            raise ValueError(f"got {len(region_lists)} region lists for {len(pil_images)} images")
+        masks, boxes, index = [], [], []
+        for i, (pil, sample_regions) in enumerate(zip(pil_images, region_lists)):
+            geometry = geometry_for(self.image_processor, (pil.height, pil.width))
+            prepared = prepare_regions(list(sample_regions or []), (pil.height, pil.width), geometry)
+            masks.extend(prepared["masks"])
+            boxes.extend(prepared["boxes"])
+            index.extend([i] * len(prepared["masks"]))
+        pixel_values = self.image_processor(pil_images, return_tensors="pt")["pixel_values"]
+        size = tuple(pixel_values.shape[-2:])
+        return BatchFeature(data={
+            "pixel_values": pixel_values,
+            "region_masks": torch.from_numpy(np.stack(masks)).float() if masks else torch.zeros((0, *size)),
+            "region_boxes": torch.from_numpy(np.stack(boxes)).float() if boxes else torch.zeros((0, 4)),
+            "region_image_index": torch.tensor(index, dtype=torch.long),
+        })
 
     # ----- pieces -------------------------------------------------------------------------
     @staticmethod

@@ -520,7 +520,7 @@ def _is_point(value: Any) -> bool:
 
 def _name(index: int) -> str:
     """How messages name region ``index``: as the prompt placeholder users write."""
-    return f"region {index} (<region{index + 1}>)"
+    return f"region {index + 1} (<region{index + 1}>)"
 
 
 def _fmt_box(box: Sequence[float]) -> str:

@@ -81,11 +81,17 @@ def format_conversation(
     return FormattedConversation(text=text, target_spans=tuple(spans))
 
 
-# The same layout as a Jinja template (tested to match format_conversation).
-CHAT_TEMPLATE = (
-    "{% if messages and messages[0]['role'] == 'system' %}"
-    "{% set system = messages[0]['content'] %}{% set messages = messages[1:] %}"
-    "{% else %}{% set system = '" + SYSTEM_PROMPT.replace("'", "\\'") + "' %}{% endif %}"
+def chat_template(system_prompt: str | None = SYSTEM_PROMPT) -> str:
+    """The layout of :func:`format_conversation` as a Jinja chat template (tested to match)."""
+    default = (system_prompt or "").replace("\\", "\\\\").replace("'", "\\'")
+    return (
+        "{% if messages and messages[0]['role'] == 'system' %}"
+        "{% set system = messages[0]['content'] %}{% set messages = messages[1:] %}"
+        "{% else %}{% set system = '" + default + "' %}{% endif %}" + _TEMPLATE_BODY
+    )
+
+
+_TEMPLATE_BODY = (
     "{% if system %}{{ system }} {% endif %}"
     "{% for message in messages %}"
     "{% if message['content'] is string %}{% set content = message['content'] %}"
@@ -99,3 +105,5 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
 )
+
+CHAT_TEMPLATE = chat_template(SYSTEM_PROMPT)

@@ -1,0 +1,207 @@
+"""The Python API: load a RegionGPT and ask it about many regions of an image at once.
+
+    from regiongpt import RegionGPT
+    m = RegionGPT.load()                      # the built-in demo model
+    m.describe("scene.png", [[10, 20, 80, 90], mask], task="brief")
+    m.ground("scene.png", regions, "the red star left of the ring")
+    m.chat("scene.png", regions, [{"role": "user", "content": "How is <region1> related to <region2>?"}])
+
+All regions of one image are answered in one engine batch: the image is encoded once and
+its shared prompt prefix prefilled once. Prompts come from the task-guided instructions with
+the checkpoint's own system prompt and category list, as in training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from regiongpt.errors import InvalidInputError
+from regiongpt.inference.engine import Engine, Request, SamplingParams, VisualInputs
+from regiongpt.processing.instructions import build_instruction, parse_rec_answer
+
+BUILTIN_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo-model"
+DESCRIBE_TASKS = ("brief", "detailed", "classify", "label")
+DEFAULT_MAX_NEW_TOKENS = {"brief": 24, "detailed": 128, "classify": 8, "label": 16, "rec": 8, "chat": 256}
+
+
+@dataclass
+class RegionAnswer:
+    region: int  # 0-based index of the region in the input list
+    text: str
+    score: float | None = None  # log-likelihood of the answer (return_scores=True)
+    category_scores: dict[str, float] | None = None  # classify + return_scores: log-likelihood per category
+
+
+@dataclass
+class GroundingResult:
+    region: int | None  # 0-based index of the region the phrase refers to, or None
+    text: str  # the model's raw answer ("Region [k]" or "No corresponding options found.")
+
+
+def resolve_model_path(name_or_path: str | Path | None) -> str:
+    """The built-in model for None; an existing folder; otherwise a hub id (needs the hub)."""
+    if name_or_path is None:
+        if not (BUILTIN_MODEL_DIR / "config.json").exists():
+            raise InvalidInputError(
+                f"the built-in model is missing from {BUILTIN_MODEL_DIR}; reinstall regiongpt or "
+                "retrain it with `python bench/demo_model.py`"
+            )
+        return str(BUILTIN_MODEL_DIR)
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise InvalidInputError(f"{path} has no config.json: it is not a saved RegionGPT model folder")
+        return str(path)
+    text = str(name_or_path)
+    if text.startswith((".", "/", "~")) or text.count("/") != 1:
+        raise InvalidInputError(f"model path {text} does not exist; give a model folder or a hub id like org/name")
+    return text
+
+
+class RegionGPT:
+    """A loaded RegionGPT model with its processor and inference engine."""
+
+    def __init__(self, model, processor, max_rows: int = 64):
+        self.model = model.eval()
+        self.processor = processor
+        self.engine = Engine(model, max_rows=max_rows)
+        tokenizer = processor.tokenizer
+        self.stop_token_ids = tuple(t for t in {tokenizer.eos_token_id} if t is not None)
+
+    @classmethod
+    def load(cls, name_or_path: str | Path | None = None, dtype: torch.dtype | str | None = None,
+             device: str | torch.device | None = None) -> RegionGPT:
+        """Load a model by folder or hub id (default: the built-in demo model)."""
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        import regiongpt  # noqa: F401  (registers the Auto classes)
+
+        path = resolve_model_path(name_or_path)
+        if isinstance(dtype, str):
+            if not isinstance(getattr(torch, dtype, None), torch.dtype):
+                raise InvalidInputError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
+            dtype = getattr(torch, dtype)
+        try:
+            model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype or torch.float32)
+            processor = AutoProcessor.from_pretrained(path)
+        except OSError as error:
+            raise InvalidInputError(f"could not load a model from {path}: {error}") from None
+        if device is not None:
+            model = model.to(device)
+        return cls(model, processor)
+
+    # ----- tasks -------------------------------------------------------------------------------
+    def describe(self, image: Any, regions: Sequence[Any], task: str = "brief",
+                 categories: Sequence[str] | None = None, return_scores: bool = False,
+                 max_new_tokens: int | None = None) -> list[RegionAnswer]:
+        """One answer per region: a brief or detailed description, a category or a free label."""
+        if task not in DESCRIBE_TASKS:
+            raise InvalidInputError(f"unknown task {task!r}; choose one of {', '.join(DESCRIBE_TASKS)}")
+        regions = list(regions)
+        if not regions:
+            raise InvalidInputError("give at least one region (a box, mask, polygon or RLE)")
+        categories = list(categories) if categories else self.processor.categories
+        if task == "classify" and categories:
+            vocabulary = "the listed" if categories != self.processor.categories else self.processor.category_vocabulary
+        else:
+            vocabulary = self.processor.category_vocabulary
+        questions = [
+            build_instruction(task, region=i, categories=categories if task == "classify" else None,
+                              vocabulary=vocabulary)
+            for i in range(len(regions))
+        ]
+        prompts = [self._prompt([{"role": "user", "content": f"<image>\n{q}"}]) for q in questions]
+        completions, requests, visual = self._run(image, regions, prompts, max_new_tokens or DEFAULT_MAX_NEW_TOKENS[task])
+        answers = [RegionAnswer(i, self._decode(c.token_ids), c.score if return_scores else None)
+                   for i, c in enumerate(completions)]
+        if task == "classify" and return_scores:
+            if not categories:
+                raise InvalidInputError("per-category scores need categories (pass categories=[...])")
+            options = [[self._answer_ids(prompt, name) for name in categories] for prompt in prompts]
+            scores = self.engine.score(requests, options, visual)
+            for answer, row in zip(answers, scores):
+                answer.category_scores = dict(zip(categories, row))
+        return answers
+
+    def ground(self, image: Any, regions: Sequence[Any], phrase: str) -> GroundingResult:
+        """Which region (0-based) the phrase refers to, or None when none fits."""
+        regions = list(regions)
+        if not regions:
+            raise InvalidInputError("give the candidate regions to choose from")
+        question = build_instruction("rec", regions=range(len(regions)), phrase=phrase)
+        prompt = self._prompt([{"role": "user", "content": f"<image>\n{question}"}])
+        completion = self._run(image, regions, [prompt], DEFAULT_MAX_NEW_TOKENS["rec"])[0][0]
+        text = self._decode(completion.token_ids)
+        index = parse_rec_answer(text)
+        return GroundingResult(index if index is not None and index < len(regions) else None, text)
+
+    def chat(self, image: Any, regions: Sequence[Any], messages: Sequence[dict], max_new_tokens: int | None = None,
+             temperature: float = 0.0, top_p: float = 1.0, stream: bool = False) -> str | Iterator[str]:
+        """The assistant's next reply to a conversation about the image and its ``<regionK>`` s.
+
+        With ``stream=True``, yields the reply's text as it grows (one piece per token).
+        """
+        messages = [dict(m) for m in messages]
+        if not messages or messages[-1].get("role") != "user":
+            raise InvalidInputError("messages must end with a user message")
+        first_user = next(m for m in messages if m.get("role") == "user")
+        if "<image>" not in str(first_user.get("content", "")):
+            first_user["content"] = f"<image>\n{first_user['content']}"
+        prompt = self._prompt(messages)
+        params = SamplingParams(max_new_tokens or DEFAULT_MAX_NEW_TOKENS["chat"], temperature, top_p,
+                                self.stop_token_ids)
+        requests, visual = self._requests(image, list(regions), [prompt], params)
+        events = self.engine.stream(requests, visual)
+        if stream:
+            return self._stream_text(events)
+        return "".join(self._stream_text(events)).strip()
+
+    # ----- pieces --------------------------------------------------------------------------------
+    def _prompt(self, messages: list[dict]) -> str:
+        return self.processor.format_conversation(messages, add_generation_prompt=True).text
+
+    def _requests(self, image, regions, prompts, params):
+        visual_inputs = self.processor.prepare_images([image], [regions])
+        requests = []
+        for prompt in prompts:
+            ids, refs = self.processor.encode_prompt(prompt, len(regions))
+            requests.append(Request(ids, image=0, regions=refs, sampling=params))
+        visual = VisualInputs(visual_inputs["pixel_values"], visual_inputs["region_masks"],
+                              visual_inputs["region_boxes"], visual_inputs["region_image_index"])
+        return requests, visual
+
+    def _run(self, image, regions, prompts, max_new_tokens):
+        params = SamplingParams(max_new_tokens=max_new_tokens, stop_token_ids=self.stop_token_ids)
+        requests, visual = self._requests(image, regions, prompts, params)
+        return self.engine.generate(requests, visual), requests, visual
+
+    def _decode(self, token_ids: list[int]) -> str:
+        ids = [t for t in token_ids if t not in self.stop_token_ids]
+        return self.processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    def _answer_ids(self, prompt: str, answer: str) -> list[int]:
+        """Token ids of an answer as they follow the prompt in the template (with the end token)."""
+        tokenizer = self.processor.tokenizer
+        full = tokenizer(f"{prompt} {answer}</s>", add_special_tokens=True)["input_ids"]
+        head = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        if full[: len(head)] != head:  # the tokenizer merged across the boundary: fall back
+            return tokenizer(f" {answer}</s>", add_special_tokens=False)["input_ids"]
+        return full[len(head):]
+
+    def _stream_text(self, events) -> Iterator[str]:
+        tokens: list[int] = []
+        shown = ""
+        for event in events:
+            if event.token_id not in self.stop_token_ids:
+                tokens.append(event.token_id)
+            text = self.processor.tokenizer.decode(tokens, skip_special_tokens=True)
+            if text.endswith("\ufffd"):  # a character split across tokens: wait for the rest
+                continue
+            if len(text) > len(shown):
+                yield text[len(shown):] if shown else text.lstrip()
+                shown = text
