@@ -98,3 +98,50 @@ def test_partly_outside_box_is_clipped_with_a_warning(model_dir, scene, capsys):
                  "--max-new-tokens", "2"]) == 0
     err = capsys.readouterr().err
     assert "warning" in err and "clip" in err.lower()
+
+
+def test_batch_describe_over_coco_resumes_and_skips_bad_images(model_dir, tmp_path, capsys):
+    from regiongpt.data.synth import write_world
+
+    world = tmp_path / "world"
+    write_world(world, images=5, seed=0, width=80, height=64)
+    output = tmp_path / "out.jsonl"
+    args = ["describe", str(world / "instances.json"), "--output", str(output), "--model", str(model_dir),
+            "--max-new-tokens", "2", "--batch-images", "2"]
+    assert main(args) == 0
+    lines = [json.loads(line) for line in output.read_text().splitlines()]
+    coco = json.loads((world / "instances.json").read_text())
+    assert [line["key"] for line in lines] == [str(i["id"]) for i in coco["images"]]
+    assert all(len(line["answers"]) == len(line["annotation_ids"]) for line in lines)
+    # interrupted mid-write: the torn line is dropped and only the missing images are redone
+    text = output.read_text().splitlines()
+    output.write_text("\n".join(text[:2]) + "\n" + text[2][:10])
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "2 already there" in capsys.readouterr().out
+    assert [json.loads(line)["key"] for line in output.read_text().splitlines()] == [line["key"] for line in lines]
+    # a broken image is reported on its own line and the job goes on
+    (world / "images" / "000003.png").write_text("not a png")
+    output.unlink()
+    assert main(args) == 1
+    broken = [json.loads(line) for line in output.read_text().splitlines() if "error" in json.loads(line)]
+    assert len(broken) == 1 and "not an image" in broken[0]["error"]
+
+
+def test_batch_describe_folder_and_native(model_dir, tmp_path, scene, capsys):
+    from regiongpt.data.synth import write_world
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.open(scene).save(folder / name)
+    assert main(["describe", str(folder), "--output", str(tmp_path / "f.jsonl"), "--model", str(model_dir)]) == 2
+    assert "needs regions" in capsys.readouterr().err
+    assert main(["describe", str(folder), "--box", "0.1,0.1,0.5,0.5", "--normalized", "--output",
+                 str(tmp_path / "f.jsonl"), "--model", str(model_dir), "--max-new-tokens", "2"]) == 0
+    assert [json.loads(x)["key"] for x in (tmp_path / "f.jsonl").read_text().splitlines()] == ["a.png", "b.png"]
+    world = tmp_path / "world"
+    write_world(world, images=3, seed=1, width=80, height=64, val_fraction=0.0)
+    assert main(["describe", str(world / "native" / "train.jsonl"), "--output", str(tmp_path / "n.jsonl"),
+                 "--model", str(model_dir), "--max-new-tokens", "2"]) == 0
+    assert len((tmp_path / "n.jsonl").read_text().splitlines()) == 3

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from regiongpt.cli.describe_batch import is_batch_input, run_batch
 from regiongpt.cli.common import (
     add_model_arguments, add_region_arguments, check_inputs, load_model, parse_regions, save_picture,
 )
@@ -18,7 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Answer one task-guided question per region, all regions in one batch. "
         "Example: regiongpt describe scene.png --box 10,20,80,90 --box 100,40,160,120 --task brief",
     )
-    parser.add_argument("image", help="the image file")
+    parser.add_argument("image", help="an image file; or, for a batch job, a folder of images, a native .jsonl "
+                        "or a COCO instances .json (every annotation is a region)")
     add_region_arguments(parser)
     parser.add_argument("--task", default="brief", choices=["brief", "detailed", "classify", "label"],
                         help="brief caption, detailed description, classification or free label (default brief)")
@@ -30,10 +32,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--save-vis", type=Path, default=None, metavar="OUT.png",
                         help="save the image with numbered coloured regions and their answers")
+    batch = parser.add_argument_group("batch jobs (folder / .jsonl / COCO .json input)")
+    batch.add_argument("--output", type=Path, default=None, metavar="OUT.jsonl",
+                       help="results, one line per image, written as they come; rerun to resume")
+    batch.add_argument("--images", default=None, metavar="DIR", help="image folder of a COCO file")
+    batch.add_argument("--batch-images", type=int, default=4, help="images answered together (default 4)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if is_batch_input(args.image):
+        regions = parse_regions(args) if args.regions else None
+        return run_batch(load_model(args), args, regions)
     regions = parse_regions(args)
     check_inputs(args.image, regions)
     model = load_model(args)

@@ -100,33 +100,48 @@ class RegionGPT:
                  categories: Sequence[str] | None = None, return_scores: bool = False,
                  max_new_tokens: int | None = None) -> list[RegionAnswer]:
         """One answer per region: a brief or detailed description, a category or a free label."""
+        return self.describe_many([(image, regions)], task, categories, return_scores, max_new_tokens)[0]
+
+    def describe_many(self, items: Sequence[tuple[Any, Sequence[Any]]], task: str = "brief",
+                      categories: Sequence[str] | None = None, return_scores: bool = False,
+                      max_new_tokens: int | None = None) -> list[list[RegionAnswer]]:
+        """:meth:`describe` for several (image, regions) pairs in one engine batch."""
         if task not in DESCRIBE_TASKS:
             raise InvalidInputError(f"unknown task {task!r}; choose one of {', '.join(DESCRIBE_TASKS)}")
-        regions = list(regions)
-        if not regions:
-            raise InvalidInputError("give at least one region (a box, mask, polygon or RLE)")
+        items = [(image, list(regions)) for image, regions in items]
+        for image, regions in items:
+            if not regions:
+                raise InvalidInputError(f"give at least one region for {image if isinstance(image, str) else 'the image'}")
         categories = list(categories) if categories else self.processor.categories
         if task == "classify" and categories:
             vocabulary = "the listed" if categories != self.processor.categories else self.processor.category_vocabulary
         else:
             vocabulary = self.processor.category_vocabulary
-        questions = [
-            build_instruction(task, region=i, categories=categories if task == "classify" else None,
-                              vocabulary=vocabulary)
-            for i in range(len(regions))
-        ]
-        prompts = [self._prompt([{"role": "user", "content": f"<image>\n{q}"}]) for q in questions]
-        completions, requests, visual = self._run(image, regions, prompts, max_new_tokens or DEFAULT_MAX_NEW_TOKENS[task])
-        answers = [RegionAnswer(i, self._decode(c.token_ids), c.score if return_scores else None)
-                   for i, c in enumerate(completions)]
+        prompts = []  # (image index, prompt)
+        for index, (_, regions) in enumerate(items):
+            for i in range(len(regions)):
+                question = build_instruction(task, region=i, categories=categories if task == "classify" else None,
+                                             vocabulary=vocabulary)
+                prompts.append((index, self._prompt([{"role": "user", "content": f"<image>\n{question}"}])))
+        params = SamplingParams(max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW_TOKENS[task],
+                                stop_token_ids=self.stop_token_ids)
+        requests, visual = self._requests(items, prompts, params)
+        completions = self.engine.generate(requests, visual)
+        flat = [RegionAnswer(0, self._decode(c.token_ids), c.score if return_scores else None) for c in completions]
         if task == "classify" and return_scores:
             if not categories:
                 raise InvalidInputError("per-category scores need categories (pass categories=[...])")
-            options = [[self._answer_ids(prompt, name) for name in categories] for prompt in prompts]
-            scores = self.engine.score(requests, options, visual)
-            for answer, row in zip(answers, scores):
+            options = [[self._answer_ids(prompt, name) for name in categories] for _, prompt in prompts]
+            for answer, row in zip(flat, self.engine.score(requests, options, visual)):
                 answer.category_scores = dict(zip(categories, row))
-        return answers
+        out, position = [], 0
+        for _, regions in items:
+            answers = flat[position : position + len(regions)]
+            for i, answer in enumerate(answers):
+                answer.region = i
+            out.append(answers)
+            position += len(regions)
+        return out
 
     def ground(self, image: Any, regions: Sequence[Any], phrase: str) -> GroundingResult:
         """Which region (0-based) the phrase refers to, or None when none fits."""
@@ -135,7 +150,9 @@ class RegionGPT:
             raise InvalidInputError("give the candidate regions to choose from")
         question = build_instruction("rec", regions=range(len(regions)), phrase=phrase)
         prompt = self._prompt([{"role": "user", "content": f"<image>\n{question}"}])
-        completion = self._run(image, regions, [prompt], DEFAULT_MAX_NEW_TOKENS["rec"])[0][0]
+        params = SamplingParams(DEFAULT_MAX_NEW_TOKENS["rec"], stop_token_ids=self.stop_token_ids)
+        requests, visual = self._requests([(image, regions)], [(0, prompt)], params)
+        completion = self.engine.generate(requests, visual)[0]
         text = self._decode(completion.token_ids)
         index = parse_rec_answer(text)
         return GroundingResult(index if index is not None and index < len(regions) else None, text)
@@ -155,7 +172,7 @@ class RegionGPT:
         prompt = self._prompt(messages)
         params = SamplingParams(max_new_tokens or DEFAULT_MAX_NEW_TOKENS["chat"], temperature, top_p,
                                 self.stop_token_ids)
-        requests, visual = self._requests(image, list(regions), [prompt], params)
+        requests, visual = self._requests([(image, list(regions))], [(0, prompt)], params)
         events = self.engine.stream(requests, visual)
         if stream:
             return self._stream_text(events)
@@ -165,20 +182,20 @@ class RegionGPT:
     def _prompt(self, messages: list[dict]) -> str:
         return self.processor.format_conversation(messages, add_generation_prompt=True).text
 
-    def _requests(self, image, regions, prompts, params):
-        visual_inputs = self.processor.prepare_images([image], [regions])
+    def _requests(self, items, prompts, params):
+        """Engine requests for (image index, prompt) pairs over the (image, regions) items."""
+        visual_inputs = self.processor.prepare_images([image for image, _ in items], [r for _, r in items])
+        offsets = [0]
+        for _, regions in items:
+            offsets.append(offsets[-1] + len(regions))
         requests = []
-        for prompt in prompts:
-            ids, refs = self.processor.encode_prompt(prompt, len(regions))
-            requests.append(Request(ids, image=0, regions=refs, sampling=params))
-        visual = VisualInputs(visual_inputs["pixel_values"], visual_inputs["region_masks"],
-                              visual_inputs["region_boxes"], visual_inputs["region_image_index"])
+        for index, prompt in prompts:
+            ids, refs = self.processor.encode_prompt(prompt, len(items[index][1]))
+            requests.append(Request(ids, image=index, regions=[offsets[index] + r for r in refs], sampling=params))
+        device = self.model.device
+        visual = VisualInputs(*(visual_inputs[k].to(device) for k in
+                                ("pixel_values", "region_masks", "region_boxes", "region_image_index")))
         return requests, visual
-
-    def _run(self, image, regions, prompts, max_new_tokens):
-        params = SamplingParams(max_new_tokens=max_new_tokens, stop_token_ids=self.stop_token_ids)
-        requests, visual = self._requests(image, regions, prompts, params)
-        return self.engine.generate(requests, visual), requests, visual
 
     def _decode(self, token_ids: list[int]) -> str:
         ids = [t for t in token_ids if t not in self.stop_token_ids]
