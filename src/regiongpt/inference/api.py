@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from regiongpt.errors import InvalidInputError
-from regiongpt.inference.engine import Engine, Request, SamplingParams, VisualInputs
+from regiongpt.inference.engine import ConversationState, Engine, Request, SamplingParams, VisualInputs
 from regiongpt.processing.instructions import build_instruction, parse_rec_answer
 
 BUILTIN_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo-model"
@@ -178,13 +178,24 @@ class RegionGPT:
             return self._stream_text(events)
         return "".join(self._stream_text(events)).strip()
 
+    def chat_session(self, image: Any, regions: Sequence[Any] = ()) -> ChatSession:
+        """A multi-turn conversation about one image: the image is encoded once and each turn
+        prefills only its new tokens (the conversation's KV is kept between turns)."""
+        return ChatSession(self, image, list(regions))
+
     # ----- pieces --------------------------------------------------------------------------------
     def _prompt(self, messages: list[dict]) -> str:
         return self.processor.format_conversation(messages, add_generation_prompt=True).text
 
+    def _visual(self, items) -> VisualInputs:
+        """Pixels and region masks of (image, regions) items, on the model's device."""
+        visual_inputs = self.processor.prepare_images([image for image, _ in items], [r for _, r in items])
+        device = self.model.device
+        return VisualInputs(*(visual_inputs[k].to(device) for k in
+                              ("pixel_values", "region_masks", "region_boxes", "region_image_index")))
+
     def _requests(self, items, prompts, params):
         """Engine requests for (image index, prompt) pairs over the (image, regions) items."""
-        visual_inputs = self.processor.prepare_images([image for image, _ in items], [r for _, r in items])
         offsets = [0]
         for _, regions in items:
             offsets.append(offsets[-1] + len(regions))
@@ -192,10 +203,7 @@ class RegionGPT:
         for index, prompt in prompts:
             ids, refs = self.processor.encode_prompt(prompt, len(items[index][1]))
             requests.append(Request(ids, image=index, regions=[offsets[index] + r for r in refs], sampling=params))
-        device = self.model.device
-        visual = VisualInputs(*(visual_inputs[k].to(device) for k in
-                                ("pixel_values", "region_masks", "region_boxes", "region_image_index")))
-        return requests, visual
+        return requests, self._visual(items)
 
     def _decode(self, token_ids: list[int]) -> str:
         ids = [t for t in token_ids if t not in self.stop_token_ids]
@@ -222,3 +230,34 @@ class RegionGPT:
             if len(text) > len(shown):
                 yield text[len(shown):] if shown else text.lstrip()
                 shown = text
+
+
+class ChatSession:
+    """A conversation about one image and its regions (see :meth:`RegionGPT.chat_session`)."""
+
+    def __init__(self, api: RegionGPT, image: Any, regions: list[Any]):
+        self.api = api
+        self.regions = regions
+        self.messages: list[dict] = []
+        self.state = ConversationState()
+        self._visual = api._visual([(image, regions)])
+
+    def send(self, message: str, max_new_tokens: int | None = None, temperature: float = 0.0, top_p: float = 1.0,
+             stream: bool = False) -> str | Iterator[str]:
+        """The reply to ``message`` (which may use ``<regionK>``); with ``stream``, its pieces as they come."""
+        content = message if self.messages else f"<image>\n{message}"
+        messages = self.messages + [{"role": "user", "content": content}]
+        prompt = self.api._prompt(messages)
+        ids, refs = self.api.processor.encode_prompt(prompt, len(self.regions))
+        params = SamplingParams(max_new_tokens or DEFAULT_MAX_NEW_TOKENS["chat"], temperature, top_p,
+                                self.api.stop_token_ids)
+        events = self.api.engine.converse(self.state, Request(ids, 0, refs, params), self._visual)
+        pieces = self._record(messages, self.api._stream_text(events))
+        return pieces if stream else "".join(pieces).strip()
+
+    def _record(self, messages: list[dict], pieces: Iterator[str]) -> Iterator[str]:
+        reply = []
+        for piece in pieces:
+            reply.append(piece)
+            yield piece
+        self.messages = messages + [{"role": "assistant", "content": "".join(reply).strip()}]

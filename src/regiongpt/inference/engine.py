@@ -79,6 +79,19 @@ class Completion:
 StopCheck = Callable[[int, list[int]], bool]
 
 
+@dataclass
+class ConversationState:
+    """What a conversation keeps between turns: its image encoding and the KV of everything
+    said so far, so the next turn prefills only its new tokens."""
+
+    vision: object = None
+    region_embeds: torch.Tensor | None = None
+    ids: list[int] = field(default_factory=list)  # tokens whose KV is in ``kv``
+    regions: list[int] = field(default_factory=list)  # region of each <region> token in ``ids``
+    kv: PrefixKV | None = None
+    prefilled_tokens: int = 0  # tokens run through the model over the conversation (for tests and stats)
+
+
 class Engine:
     """Batched multi-region generation over a RegionGPT model.
 
@@ -195,6 +208,57 @@ class Engine:
         index = torch.tensor(regions, dtype=torch.long, device=model.device)
         return model.model.merge_embeddings(input_ids, embeds, image_embeds, region_embeds, index)[0]
 
+    @torch.no_grad()
+    def converse(self, state: ConversationState, request: Request, visual: VisualInputs | None = None,
+                 should_stop: StopCheck | None = None, seed: int | None = None) -> Iterator[TokenEvent]:
+        """One turn of a conversation: reuses ``state`` (image encoding and the KV of every
+        earlier token the new prompt starts with) and updates it with this turn's tokens."""
+        if self.decoder is None:
+            raise RuntimeError("conversation KV reuse needs a Llama-family language model")
+        if state.vision is None and visual is not None:
+            state.vision, state.region_embeds = self._encode_visual(visual)
+        self._check([request], state.vision, state.region_embeds)
+        generator = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
+        region_id = self.model.config.region_token_id
+        # reuse the longest stretch of earlier KV this prompt starts with
+        known = Request(state.ids + [-1], request.image, state.regions)  # -1: never matches
+        common = _common_prefix_length([known, request], region_id) if state.ids else 0
+        common = min(common, len(request.input_ids) - 1)
+        kv = _truncate(state.kv, common) if common else None
+        new_ids = list(request.input_ids[common:-1])
+        if new_ids:  # extend the conversation's KV with this prompt's new tokens (all but the last)
+            n_before = _count(request.input_ids[:common], region_id)
+            n_new = _count(new_ids, region_id)
+            embeds = self._embed(new_ids, request.image, list(request.regions[n_before : n_before + n_new]),
+                                 state.vision, state.region_embeds)
+            kv = self._extend(kv, embeds, common)
+            state.prefilled_tokens += len(new_ids)
+        length = len(request.input_ids) - 1
+        prefixes = [kv]
+        result = yield from self._decode_chunk([0], [request], prefixes, {0: 0}, {0: length}, state.vision,
+                                               state.region_embeds, should_stop, generator,
+                                               generated_out=(generated := []))
+        # the cache now holds the prompt's last token and every generated token but the last
+        fed = len(generated)
+        state.prefilled_tokens += fed
+        cache = result[0]
+        state.kv = _append(kv, [k[0, :, :fed] for k in cache.keys], [v[0, :, :fed] for v in cache.values])
+        state.ids = list(request.input_ids) + generated[:-1]
+        state.regions = list(request.regions)
+
+    def _extend(self, kv: PrefixKV | None, embeds: torch.Tensor, start: int) -> PrefixKV:
+        """``kv`` grown by a causal pass over ``embeds`` (L, D) at positions start.."""
+        decoder = self.decoder
+        length = embeds.shape[0]
+        device = embeds.device
+        cache = SuffixKV.empty(decoder.num_layers, 1, decoder.num_kv_heads, decoder.head_dim, embeds)
+        positions = torch.arange(start, start + length, device=device)[None]
+        valid = torch.ones(1, length, dtype=torch.bool, device=device)
+        prefixes = [kv] if kv is not None else []
+        row_prefix = torch.zeros(1, dtype=torch.long, device=device) if kv is not None else torch.full((1,), -1, device=device)
+        _, cache = decoder.step(embeds[None], valid, positions, prefixes, row_prefix, cache)
+        return _append(kv, [k[0] for k in cache.keys], [v[0] for v in cache.values])
+
     def _encode_visual(self, visual: VisualInputs | None):
         """Image encodings and region embeddings, each computed once for the whole batch."""
         if visual is None:
@@ -278,7 +342,7 @@ class Engine:
         return logits, (cache, row_prefix, positions[:, -1] + 1, active)
 
     def _decode_chunk(self, chunk, requests, prefixes, prefix_of, prefix_len, vision, region_embeds,
-                      should_stop, generator) -> Iterator[TokenEvent]:
+                      should_stop, generator, generated_out: list | None = None) -> Iterator[TokenEvent]:
         model = self.model
         device = model.device
         logits, (cache, row_prefix, next_position, prefixes) = self._run_suffixes(
@@ -290,6 +354,8 @@ class Engine:
         top_p = torch.tensor([p.top_p for p in params], dtype=torch.float32)
         alive = list(range(rows))  # rows of the chunk still decoding, in cache order
         generated = [[] for _ in chunk]
+        if generated_out is not None:
+            generated[0] = generated_out  # the caller sees the first row's tokens
         embed_tokens = model.get_input_embeddings()
         while True:
             tokens, logprobs = next_tokens(logits.cpu(), temperature[alive], top_p[alive], generator)
@@ -308,7 +374,7 @@ class Engine:
                 if reason is None:
                     keep.append(slot)
             if not keep:
-                return
+                return cache, prefixes, row_prefix
             if len(keep) < len(alive):
                 index = torch.tensor(keep, device=device)
                 cache = SuffixKV([k[index] for k in cache.keys], [v[index] for v in cache.values], cache.valid[index])
@@ -354,6 +420,21 @@ class Engine:
                 yield TokenEvent(i, token, logprob, reason)
                 if reason:
                     break
+
+
+def _append(kv: PrefixKV | None, keys: list[torch.Tensor], values: list[torch.Tensor]) -> PrefixKV:
+    """``kv`` followed by per-layer (Hkv, L, D) keys and values."""
+    length = keys[0].shape[1]
+    if kv is None:
+        return PrefixKV(keys, values, length)
+    return PrefixKV([torch.cat([a, b], dim=1) for a, b in zip(kv.keys, keys)],
+                    [torch.cat([a, b], dim=1) for a, b in zip(kv.values, values)], kv.length + length)
+
+
+def _truncate(kv: PrefixKV | None, length: int) -> PrefixKV | None:
+    if kv is None:
+        return None
+    return PrefixKV([k[:, :length] for k in kv.keys], [v[:, :length] for v in kv.values], length)
 
 
 def _count(ids: Sequence[int], token_id: int) -> int:
