@@ -38,6 +38,24 @@ class RegionAnswer:
 
 
 @dataclass
+class Question:
+    """A free-form question about item ``item`` of a batch of (image, regions) items;
+    ``region_map[k]`` is the item's region that ``<region{k+1}>`` stands for (all of the
+    item's regions, in order, when None), so a question may use any subset in any order."""
+
+    item: int
+    text: str
+    region_map: Sequence[int] | None = None
+    max_new_tokens: int = 64
+
+
+@dataclass
+class Answer:
+    text: str
+    score: float  # log-likelihood of the answer
+
+
+@dataclass
 class GroundingResult:
     region: int | None  # 0-based index of the region the phrase refers to, or None
     text: str  # the model's raw answer ("Region [k]" or "No corresponding options found.")
@@ -117,21 +135,20 @@ class RegionGPT:
             vocabulary = "the listed" if categories != self.processor.categories else self.processor.category_vocabulary
         else:
             vocabulary = self.processor.category_vocabulary
-        prompts = []  # (image index, prompt)
-        for index, (_, regions) in enumerate(items):
-            for i in range(len(regions)):
-                question = build_instruction(task, region=i, categories=categories if task == "classify" else None,
-                                             vocabulary=vocabulary)
-                prompts.append((index, self._prompt([{"role": "user", "content": f"<image>\n{question}"}])))
-        params = SamplingParams(max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW_TOKENS[task],
-                                stop_token_ids=self.stop_token_ids)
-        requests, visual = self._requests(items, prompts, params)
+        limit = max_new_tokens or DEFAULT_MAX_NEW_TOKENS[task]
+        questions = [
+            Question(index, build_instruction(task, region=i, categories=categories if task == "classify" else None,
+                                              vocabulary=vocabulary), max_new_tokens=limit)
+            for index, (_, regions) in enumerate(items) for i in range(len(regions))
+        ]
+        requests, visual = self._requests(items, questions)
         completions = self.engine.generate(requests, visual)
         flat = [RegionAnswer(0, self._decode(c.token_ids), c.score if return_scores else None) for c in completions]
         if task == "classify" and return_scores:
             if not categories:
                 raise InvalidInputError("per-category scores need categories (pass categories=[...])")
-            options = [[self._answer_ids(prompt, name) for name in categories] for _, prompt in prompts]
+            prompts = [self._question_prompt(q) for q in questions]
+            options = [[self._answer_ids(prompt, name) for name in categories] for prompt in prompts]
             for answer, row in zip(flat, self.engine.score(requests, options, visual)):
                 answer.category_scores = dict(zip(categories, row))
         out, position = [], 0
@@ -149,11 +166,7 @@ class RegionGPT:
         if not regions:
             raise InvalidInputError("give the candidate regions to choose from")
         question = build_instruction("rec", regions=range(len(regions)), phrase=phrase)
-        prompt = self._prompt([{"role": "user", "content": f"<image>\n{question}"}])
-        params = SamplingParams(DEFAULT_MAX_NEW_TOKENS["rec"], stop_token_ids=self.stop_token_ids)
-        requests, visual = self._requests([(image, regions)], [(0, prompt)], params)
-        completion = self.engine.generate(requests, visual)[0]
-        text = self._decode(completion.token_ids)
+        text = self.ask_many([(image, regions)], [Question(0, question, max_new_tokens=DEFAULT_MAX_NEW_TOKENS["rec"])])[0].text
         index = parse_rec_answer(text)
         return GroundingResult(index if index is not None and index < len(regions) else None, text)
 
@@ -169,14 +182,23 @@ class RegionGPT:
         first_user = next(m for m in messages if m.get("role") == "user")
         if "<image>" not in str(first_user.get("content", "")):
             first_user["content"] = f"<image>\n{first_user['content']}"
-        prompt = self._prompt(messages)
+        regions = list(regions)
+        ids, refs = self.processor.encode_prompt(self._prompt(messages), len(regions))
         params = SamplingParams(max_new_tokens or DEFAULT_MAX_NEW_TOKENS["chat"], temperature, top_p,
                                 self.stop_token_ids)
-        requests, visual = self._requests([(image, list(regions))], [(0, prompt)], params)
-        events = self.engine.stream(requests, visual)
+        events = self.engine.stream([Request(ids, 0, refs, params)], self._visual([(image, regions)]))
         if stream:
             return self._stream_text(events)
         return "".join(self._stream_text(events)).strip()
+
+    def ask_many(self, items: Sequence[tuple[Any, Sequence[Any]]], questions: Sequence[Question]) -> list[Answer]:
+        """Greedy answers to one-turn questions about (image, regions) items, in one engine
+        batch: each image encoded once, each region pooled once (evaluation uses this)."""
+        if not questions:
+            return []
+        items = [(image, list(regions)) for image, regions in items]
+        requests, visual = self._requests(items, questions)
+        return [Answer(self._decode(c.token_ids), c.score) for c in self.engine.generate(requests, visual)]
 
     def chat_session(self, image: Any, regions: Sequence[Any] = ()) -> ChatSession:
         """A multi-turn conversation about one image: the image is encoded once and each turn
@@ -194,15 +216,23 @@ class RegionGPT:
         return VisualInputs(*(visual_inputs[k].to(device) for k in
                               ("pixel_values", "region_masks", "region_boxes", "region_image_index")))
 
-    def _requests(self, items, prompts, params):
-        """Engine requests for (image index, prompt) pairs over the (image, regions) items."""
+    def _question_prompt(self, question: Question) -> str:
+        return self._prompt([{"role": "user", "content": f"<image>\n{question.text}"}])
+
+    def _requests(self, items, questions: Sequence[Question]):
+        """Engine requests (greedy, stopping at the end token) and the visual inputs of the items."""
         offsets = [0]
         for _, regions in items:
             offsets.append(offsets[-1] + len(regions))
         requests = []
-        for index, prompt in prompts:
-            ids, refs = self.processor.encode_prompt(prompt, len(items[index][1]))
-            requests.append(Request(ids, image=index, regions=[offsets[index] + r for r in refs], sampling=params))
+        for q in questions:
+            if not 0 <= q.item < len(items):
+                raise InvalidInputError(f"a question refers to item {q.item} but {len(items)} item(s) were given")
+            mapping = list(q.region_map) if q.region_map is not None else list(range(len(items[q.item][1])))
+            ids, refs = self.processor.encode_prompt(self._question_prompt(q), len(mapping))
+            params = SamplingParams(max_new_tokens=q.max_new_tokens, stop_token_ids=self.stop_token_ids)
+            regions = [offsets[q.item] + mapping[r] for r in refs]
+            requests.append(Request(ids, image=q.item, regions=regions, sampling=params))
         return requests, self._visual(items)
 
     def _decode(self, token_ids: list[int]) -> str:
