@@ -50,7 +50,8 @@ def mask_pool(
     for b in image_index.unique().tolist():
         rows = (image_index == b).nonzero().flatten()
         # (R_b, h*w) @ (h*w, C) -> (R_b, C), in the features' dtype.
-        out[rows] = weights[rows].to(flat.dtype) @ flat[b].transpose(0, 1)
+        # (under autocast the product may come back in another dtype than the buffer)
+        out[rows] = (weights[rows].to(flat.dtype) @ flat[b].transpose(0, 1)).to(out.dtype)
     return out
 
 

@@ -1,0 +1,560 @@
+"""The training config: typed dataclasses, loaded from YAML plus ``key=value`` overrides.
+
+The dataclasses below are the single source of truth for every key: their field metadata
+carries the documentation (``configs/README.md`` is generated from it by
+:func:`config_reference_markdown`), and :func:`load_config` checks every key and value
+against them. A mistyped key fails with :class:`~regiongpt.errors.InvalidInputError` that
+names the key, suggests the closest valid one and lists the valid ones.
+
+What trains in which stage (``train.trainable``, ``train.lora``) lives here, never in the
+model config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from regiongpt.errors import InvalidInputError
+
+# Parameter groups a training stage can unfreeze (see builders.trainable_groups).
+TRAINABLE_GROUPS = ("vision_tower", "feature_refiner", "connector", "language_model")
+
+
+def _doc(text: str, **kwargs: Any) -> Any:
+    """A dataclass field whose documentation lives in its metadata."""
+    return field(metadata={"doc": text}, **kwargs)
+
+
+@dataclass
+class ModelConfig:
+    """Which model to train: an architecture preset trained from scratch, or a checkpoint."""
+
+    preset: str | None = _doc(
+        "Architecture preset (`regiongpt.model.presets`), e.g. `tiny-clip-llama`; the model is "
+        "initialised from scratch and a tokenizer is trained on the training text. Ignored when "
+        "`pretrained` is set.", default="tiny-clip-llama")
+    pretrained: str | None = _doc(
+        "Path of a saved RegionGPT checkpoint (e.g. a converted LLaVA-1.5 or a stage-1 run's "
+        "`ckpt-XXXXXX/`); its processor and tokenizer are used as saved.", default=None)
+    overrides: dict[str, Any] = _doc(
+        "Top-level `RegionGPTConfig` fields that replace the preset's (e.g. `refine_factor`, "
+        "`share_connector`).", default_factory=dict)
+    text_overrides: dict[str, Any] = _doc(
+        "Fields of the language model's config that replace the preset's (e.g. `hidden_size`).",
+        default_factory=dict)
+    vision_overrides: dict[str, Any] = _doc(
+        "Fields of the vision tower's config that replace the preset's (e.g. `image_size`).",
+        default_factory=dict)
+    tokenizer_vocab_size: int = _doc(
+        "Vocabulary size of the byte-level BPE tokenizer trained in-process for a preset (256 of "
+        "it are the byte alphabet).", default=1024)
+    tokenizer_max_samples: int = _doc(
+        "At most this many training samples feed the in-process tokenizer.", default=20000)
+    image_processor: Literal["square", "llava15"] = _doc(
+        "Image transform for a preset: `square` (pad to square, resize to the model's image "
+        "size) or `llava15` (LLaVA-1.5's pad, resize and centre crop).", default="square")
+
+
+@dataclass
+class TaskPhase:
+    """One phase of the task schedule: until ``until_step``, train only ``tasks``."""
+
+    until_step: int = _doc("The phase covers optimiser steps `< until_step`.", default=0)
+    tasks: list[str] = _doc("Tasks trained during the phase (turn `task` names).", default_factory=list)
+
+
+@dataclass
+class DataConfig:
+    """Where samples come from and how conversations become packed, padded sequences."""
+
+    train: list[str] = _doc(
+        "Training sources, each `READER:PATH` (e.g. `native:world/native/train.jsonl`; a bare "
+        "`.jsonl` path means `native:`).", default_factory=list)
+    val: list[str] = _doc("Held-out sources for evaluation (same form); empty = no evaluation.",
+                          default_factory=list)
+    max_length: int = _doc(
+        "Longest packed sequence in tokens (image and region placeholders included). A "
+        "conversation that does not fit is split into several samples of whole turn pairs, "
+        "each with the image; a single turn pair that does not fit is dropped with a warning.",
+        default=2048)
+    batch_size: int = _doc(
+        "Images (native samples) per micro-batch; each contributes all of its packed sequences.",
+        default=4)
+    tasks: list[str] | None = _doc(
+        "Tasks to train (turn `task` names; turns without one count as `chat`); null = all.",
+        default=None)
+    task_schedule: list[TaskPhase] = _doc(
+        "Phases that restrict the tasks early in training, e.g. `[{until_step: 500, tasks: "
+        "[classify]}]` trains classification only for 500 steps, then `tasks`.",
+        default_factory=list)
+    shuffle: bool = _doc("Shuffle the sample order every epoch (seeded by `train.seed` and the epoch).",
+                         default=True)
+    shuffle_turns: bool = _doc(
+        "Shuffle the question-answer pairs within a conversation every epoch.", default=True)
+    strict: bool = _doc(
+        "Fail on a missing or unreadable image instead of skipping it with a warning.", default=False)
+    max_samples: int | None = _doc("Use only the first N training samples (null = all).", default=None)
+    num_workers: int = _doc("DataLoader worker processes (0 = load in the training process).",
+                            default=0)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up then cosine decay; gradient accumulation and clipping."""
+
+    lr: float = _doc("Peak learning rate.", default=1e-3)
+    weight_decay: float = _doc("AdamW weight decay (not applied to biases and norms).", default=0.0)
+    betas: list[float] = _doc("AdamW betas.", default_factory=lambda: [0.9, 0.999])
+    eps: float = _doc("AdamW epsilon.", default=1e-8)
+    warmup_steps: int = _doc("Linear warm-up steps from 0 to `lr`.", default=0)
+    min_lr_ratio: float = _doc("The cosine decays to `lr * min_lr_ratio` at the last step.",
+                               default=0.0)
+    grad_accum: int = _doc(
+        "Micro-batches per optimiser step (the loss is averaged over all answer tokens of "
+        "the step).", default=1)
+    max_grad_norm: float | None = _doc("Clip the gradient norm to this value (null = no clipping).",
+                                       default=1.0)
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapters (PEFT) on the language model's linear layers."""
+
+    r: int = _doc("Adapter rank.", default=8)
+    alpha: int = _doc("LoRA alpha (scale = alpha / r).", default=16)
+    dropout: float = _doc("Dropout on the adapter input.", default=0.0)
+    target_modules: list[str] = _doc(
+        "Names of the language model's linear layers that get adapters.",
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class TrainConfig:
+    """The run: its folder, length, precision, what trains, resuming and logging."""
+
+    output_dir: str = _doc(
+        "Run folder (checkpoints, `metrics.jsonl`, `samples.jsonl`, `config.yaml`).",
+        default="runs/regiongpt")
+    max_steps: int | None = _doc("Optimiser steps to train (set this or `epochs`).", default=None)
+    epochs: float | None = _doc(
+        "Train for this many passes over the training images instead of `max_steps`.", default=None)
+    seed: int = _doc("Seeds model initialisation, data order and turn shuffling.", default=0)
+    dtype: Literal["fp32", "bf16"] = _doc(
+        "`fp32`, or `bf16` autocast (weights and optimiser states stay fp32).", default="fp32")
+    device: str = _doc("`auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`.", default="auto")
+    trainable: list[str] = _doc(
+        "Parameter groups that train: any of `vision_tower`, `feature_refiner`, `connector` "
+        "(both connectors when not shared), `language_model` (decoder, embeddings and LM head). "
+        "Stage 1: `[feature_refiner, connector]`; stage 2: add `language_model`. Everything "
+        "else is frozen.", default_factory=lambda: ["feature_refiner", "connector"])
+    lora: LoraSettings | None = _doc(
+        "LoRA adapters on the language model (null = none); its base weights stay frozen, so "
+        "`language_model` must not also be in `trainable`.", default=None)
+    resume: str = _doc(
+        "`auto`: continue from the newest complete checkpoint in `output_dir` (if any); "
+        "`never`: start fresh (fails if the folder has checkpoints); or a checkpoint path.",
+        default="auto")
+    log_every: int = _doc("Write training metrics every N steps.", default=1)
+    progress: bool = _doc("Show a tqdm progress bar.", default=True)
+
+
+@dataclass
+class CheckpointConfig:
+    """When checkpoints are written and how many are kept."""
+
+    every_steps: int = _doc("Save every N optimiser steps (and always at the end).", default=500)
+    keep_last: int = _doc("Keep the newest N checkpoints (older ones are deleted).", default=2)
+
+
+@dataclass
+class EvalConfig:
+    """Periodic teacher-forced evaluation on `data.val`: loss and per-task answer accuracy."""
+
+    every_steps: int = _doc("Evaluate every N optimiser steps (and at the end); 0 = only at the end.",
+                            default=500)
+    batch_size: int = _doc("Images per evaluation batch.", default=8)
+    max_samples: int | None = _doc("Evaluate on the first N held-out images (null = all).", default=None)
+    tasks: list[str] | None = _doc("Tasks to evaluate (null = all in the held-out data).", default=None)
+
+
+@dataclass
+class TrainingConfig:
+    """A RegionGPT training run (`regiongpt train CONFIG [key=value ...]`)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain data (what `config.yaml` in the run folder holds)."""
+        return dataclasses.asdict(self)
+
+
+# ----- loading ---------------------------------------------------------------------------------
+def _public_fields(cls: type) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _unknown_key(key: str, valid: Sequence[str]) -> InvalidInputError:
+    name = key.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
+    prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
+    hint = f" did you mean '{prefix}{close[0]}'?" if close else ""
+    return InvalidInputError(f"unknown config key '{key}';{hint} valid keys here: {', '.join(valid)}")
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "mapping"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """``value`` checked against (and converted to) type ``tp``; errors name ``key``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except InvalidInputError as error:
+                errors.append(error)
+        raise errors[-1] if len(errors) == 1 else _bad_value(value, tp, key)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise _bad_value(value, tp, key)
+        return value
+    if origin is list:
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise _bad_value(value, tp, key)
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _bad_value(value, tp, key)
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise _bad_value(value, tp, key)
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _bad_value(value, tp, key)
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise _bad_value(value, tp, key) from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _bad_value(value, tp, key)
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise _bad_value(value, tp, key)
+        return value
+    if tp is Any:
+        return value
+    raise TypeError(f"config field {key} has an unsupported type {tp!r}")
+
+
+def _bad_value(value: Any, tp: Any, key: str) -> InvalidInputError:
+    return InvalidInputError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    """An instance of dataclass ``cls`` from a mapping, checking every key and value."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise InvalidInputError(f"config key '{prefix}' must be a mapping of keys to values, got {raw!r}")
+    fields = {f.name: f for f in _public_fields(cls)}
+    hints = _hints(cls)
+    kwargs = {}
+    for key, value in raw.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields:
+            raise _unknown_key(full, list(fields))
+        kwargs[key] = _coerce(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def _schema_at(path: list[str]) -> tuple[Any, bool]:
+    """The type at a dotted path of TrainingConfig, and whether the path ends inside a free mapping."""
+    tp: Any = TrainingConfig
+    walked: list[str] = []
+    for part in path:
+        tp = _strip_optional(tp)
+        if typing.get_origin(tp) is dict:
+            return tp, True
+        if not dataclasses.is_dataclass(tp):
+            raise InvalidInputError(
+                f"config key '{'.'.join(walked)}' is {_type_name(tp)}; it has no sub-key '{part}'")
+        valid = [f.name for f in _public_fields(tp)]
+        if part not in valid:
+            raise _unknown_key(".".join([*walked, part]), valid)
+        tp = _hints(tp)[part]
+        walked.append(part)
+    return tp, False
+
+
+def _strip_optional(tp: Any) -> Any:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Apply one ``dotted.key=value`` override (value parsed as a YAML scalar/flow) to ``raw``."""
+    if "=" not in override:
+        raise InvalidInputError(f"override {override!r} must look like key=value, e.g. train.max_steps=100")
+    key, text = override.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise InvalidInputError(f"override {override!r} has an empty key; write e.g. optim.lr=2e-5")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as error:
+        raise InvalidInputError(f"override {override!r}: the value is not valid YAML ({error})") from None
+    path = key.split(".")
+    _schema_at(path)  # raises for an unknown key
+    node = raw
+    for i, part in enumerate(path[:-1]):
+        child = node.get(part)
+        if child is None:  # e.g. train.lora.r=4 while train.lora is null: start from defaults
+            child = {}
+            node[part] = child
+        if not isinstance(child, dict):
+            raise InvalidInputError(f"override {override!r}: '{'.'.join(path[: i + 1])}' is not a mapping")
+        node = child
+    node[path[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainingConfig:
+    """The typed config of a YAML file (or the defaults) with ``key=value`` overrides applied.
+
+    Raises :class:`InvalidInputError` naming the key for unknown keys, mistyped values and
+    inconsistent settings.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(2, "config file not found", str(path))
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as error:
+            raise InvalidInputError(f"{path}: not valid YAML ({error})") from None
+        if not isinstance(raw, dict):
+            raise InvalidInputError(f"{path}: the config must be a mapping with sections "
+                                    f"{', '.join(f.name for f in _public_fields(TrainingConfig))}")
+        _single_sources_as_lists(raw)
+        _resolve_file_paths(raw, path.resolve().parent)
+    for override in overrides:
+        apply_override(raw, override)
+    _single_sources_as_lists(raw)
+    config = _build(TrainingConfig, raw, "")
+    validate_config(config)
+    return config
+
+
+def _single_sources_as_lists(raw: dict[str, Any]) -> None:
+    """``data.train: native:x.jsonl`` means a list of one source."""
+    data = raw.get("data")
+    for key in ("train", "val"):
+        if isinstance(data, dict) and isinstance(data.get(key), str):
+            data[key] = [data[key]]
+
+
+def _resolve_file_paths(raw: dict[str, Any], folder: Path) -> None:
+    """Make the paths written in a config file relative to that file's folder (not the cwd)."""
+
+    def resolve(path: Any) -> Any:
+        if not isinstance(path, str) or not path:
+            return path
+        p = Path(path).expanduser()
+        return str(p if p.is_absolute() else (folder / p).resolve())
+
+    def resolve_source(spec: Any) -> Any:
+        if not isinstance(spec, str):
+            return spec
+        reader, sep, path = spec.partition(":")
+        if not sep or len(reader) == 1:
+            return resolve(spec)
+        return f"{reader}:{resolve(path)}"
+
+    data = raw.get("data")
+    if isinstance(data, dict):
+        for key in ("train", "val"):
+            if isinstance(data.get(key), list):
+                data[key] = [resolve_source(s) for s in data[key]]
+    for section, key in (("model", "pretrained"), ("train", "output_dir")):
+        node = raw.get(section)
+        if isinstance(node, dict) and key in node:
+            node[key] = resolve(node[key])
+    node = raw.get("train")
+    if isinstance(node, dict) and node.get("resume") not in (None, "auto", "never"):
+        node["resume"] = resolve(node["resume"])
+
+
+def validate_config(config: TrainingConfig) -> None:
+    """Cross-field checks that typing alone cannot express."""
+    t, d, o = config.train, config.data, config.optim
+    if (t.max_steps is None) == (t.epochs is None):
+        raise InvalidInputError("set exactly one of 'train.max_steps' and 'train.epochs'")
+    if t.max_steps is not None and t.max_steps < 1:
+        raise InvalidInputError(f"'train.max_steps' must be >= 1, got {t.max_steps}")
+    if t.epochs is not None and t.epochs <= 0:
+        raise InvalidInputError(f"'train.epochs' must be > 0, got {t.epochs}")
+    for name in t.trainable:
+        if name not in TRAINABLE_GROUPS:
+            close = difflib.get_close_matches(name, TRAINABLE_GROUPS, n=1)
+            hint = f" did you mean '{close[0]}'?" if close else ""
+            raise InvalidInputError(
+                f"'train.trainable' has unknown group {name!r};{hint} valid: {', '.join(TRAINABLE_GROUPS)}")
+    if not t.trainable and t.lora is None:
+        raise InvalidInputError("nothing to train: 'train.trainable' is empty and 'train.lora' is null")
+    if t.lora is not None and "language_model" in t.trainable:
+        raise InvalidInputError(
+            "'train.lora' keeps the language model's base weights frozen; remove 'language_model' from "
+            "'train.trainable' (LoRA) or set 'train.lora: null' (full fine-tuning)")
+    if t.resume not in ("auto", "never") and not t.resume:
+        raise InvalidInputError("'train.resume' must be 'auto', 'never' or a checkpoint path")
+    if not d.train:
+        raise InvalidInputError("'data.train' is empty; give at least one source, e.g. native:world/native/train.jsonl")
+    for key, value in (("data.max_length", d.max_length), ("data.batch_size", d.batch_size),
+                       ("optim.grad_accum", o.grad_accum), ("checkpoint.every_steps", config.checkpoint.every_steps),
+                       ("checkpoint.keep_last", config.checkpoint.keep_last), ("eval.batch_size", config.eval.batch_size),
+                       ("train.log_every", t.log_every), ("model.tokenizer_vocab_size", config.model.tokenizer_vocab_size)):
+        if value < 1:
+            raise InvalidInputError(f"'{key}' must be >= 1, got {value}")
+    if config.eval.every_steps < 0:
+        raise InvalidInputError(f"'eval.every_steps' must be >= 0, got {config.eval.every_steps}")
+    if d.num_workers < 0:
+        raise InvalidInputError(f"'data.num_workers' must be >= 0, got {d.num_workers}")
+    if o.lr <= 0 or o.warmup_steps < 0 or not 0 <= o.min_lr_ratio <= 1:
+        raise InvalidInputError("'optim.lr' must be > 0, 'optim.warmup_steps' >= 0 and 'optim.min_lr_ratio' in [0, 1]")
+    if len(o.betas) != 2:
+        raise InvalidInputError(f"'optim.betas' must be two numbers, got {o.betas}")
+    previous = -1
+    for i, phase in enumerate(d.task_schedule):
+        if phase.until_step <= previous or not phase.tasks:
+            raise InvalidInputError(
+                f"'data.task_schedule[{i}]' needs tasks and an until_step greater than the previous phase's")
+        previous = phase.until_step
+    if config.model.preset is None and config.model.pretrained is None:
+        raise InvalidInputError("set 'model.preset' (train from scratch) or 'model.pretrained' (a checkpoint path)")
+
+
+# ----- documentation -----------------------------------------------------------------------------
+def config_reference_markdown() -> str:
+    """``configs/README.md``: every key with its type, default and meaning, from the dataclasses."""
+    lines = [
+        "# Training configs",
+        "",
+        "<!-- Generated by regiongpt.training.config.config_reference_markdown(); do not edit by hand. -->",
+        "",
+        "`regiongpt train CONFIG [key=value ...]` trains RegionGPT with the recipe in",
+        "`regiongpt.training.recipe`. `CONFIG` is a YAML file with the sections below; each",
+        "`key=value` override uses a dotted key (`optim.lr=2e-5`, `train.trainable=[feature_refiner,connector]`,",
+        "`model.text_overrides.hidden_size=64`) and a YAML value. Unknown keys are errors.",
+        "Paths written in a config file (`data.train`, `data.val`, `model.pretrained`, `train.output_dir`,",
+        "`train.resume`) are relative to that file's folder; paths given as overrides, to the current directory.",
+        "",
+        "- `tiny.yaml`: a tiny model on a small synthetic world; trains on a CPU in seconds (tests use it).",
+        "",
+        "Run folder (`train.output_dir`): `config.yaml` (the resolved config), `metrics.jsonl`",
+        "(training and evaluation metrics, one JSON object per line; TensorBoard events in `tensorboard/`",
+        "when `tensorboard` is installed), `samples.jsonl` (the ids of the packed sequences each step",
+        "consumed) and `ckpt-XXXXXX/` checkpoints. A checkpoint folder loads with",
+        "`AutoModelForImageTextToText.from_pretrained` / `AutoProcessor.from_pretrained` and holds",
+        "`training_state.pt` (optimiser, scheduler, step, data position, RNG states; read with",
+        "`torch.load(weights_only=True)`), `training_config.yaml` and, with LoRA, `lora_state.safetensors`",
+        "(unmerged base weights and adapters; `model.safetensors` holds the merged weights).",
+        "",
+    ]
+    for section in _public_fields(TrainingConfig):
+        cls = _hints(TrainingConfig)[section.name]
+        lines += [f"## `{section.name}`", "", (cls.__doc__ or "").strip(), ""]
+        lines += _field_table(cls, section.name)
+        for name, nested, many in _nested_dataclasses(cls):
+            key = f"{section.name}.{name}" + ("[]" if many else "")
+            lines += ["", f"`{key}` ({'each entry' if many else 'when set'}): {(nested.__doc__ or '').strip()}", ""]
+            lines += _field_table(nested, key)
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _nested_dataclasses(cls: type) -> list[tuple[str, type, bool]]:
+    """(field name, dataclass, is a list of them) for fields that hold dataclasses."""
+    out = []
+    for name, tp in _hints(cls).items():
+        tp = _strip_optional(tp)
+        many = typing.get_origin(tp) is list
+        if many:
+            tp = typing.get_args(tp)[0]
+        if dataclasses.is_dataclass(tp):
+            out.append((name, tp, many))
+    return out
+
+
+def _field_table(cls: type, prefix: str) -> list[str]:
+    hints = _hints(cls)
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for f in _public_fields(cls):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        shown = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
+        rows.append(f"| `{prefix}.{f.name}` | {_type_name(hints[f.name])} | `{shown}` | "
+                    f"{f.metadata.get('doc', '').replace('|', '/')} |")
+    return rows
+
+
+__all__ = [
+    "CheckpointConfig", "DataConfig", "EvalConfig", "LoraSettings", "ModelConfig", "OptimConfig",
+    "TRAINABLE_GROUPS", "TaskPhase", "TrainConfig", "TrainingConfig", "apply_override",
+    "config_reference_markdown", "load_config", "validate_config",
+]

@@ -1,0 +1,416 @@
+"""Training data: source readers, conversation packing, a step-indexed sampler and the collator.
+
+The unit of data is one *image sample* (a :class:`~regiongpt.data.native.NativeSample`: one
+image, all of its regions, one multi-turn conversation). Its question-answer pairs are
+filtered by task, shuffled (per epoch) and packed into as few sequences as fit
+``max_length`` (whole turn pairs; each sequence carries the image), so every region of an
+image is learned from one encoding of that image per sequence.
+
+Data order is a pure function of the seed and the position in the sample stream (epoch
+``e`` is a seeded permutation), so the data position of a run is one integer and resuming
+replays exactly the batches an uninterrupted run would have seen.
+
+Readers: a source is written ``READER:PATH``; :data:`READERS` maps reader names to
+functions that yield native samples, so the COCO / RefCOCO / Visual Genome / LLaVA readers
+can plug in beside ``native``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import random
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset, Sampler
+
+from regiongpt.data.native import NativeSample, read_native_jsonl
+from regiongpt.errors import InvalidInputError
+
+IGNORE_INDEX = -100
+DEFAULT_TASK = "chat"  # the task of a turn that carries none
+IMAGE_TEXT = "<image>"
+_IMAGE_IN_TEXT = re.compile(r"\s*<image>\s*")
+_REGION_REFERENCE = re.compile(r"<region\d+>")
+
+
+# ----- sources -----------------------------------------------------------------------------------
+def read_native_source(path: Path) -> Iterator[NativeSample]:
+    """The ``native`` reader: RegionGPT's JSON-lines format (validated line by line)."""
+    return read_native_jsonl(path)
+
+
+# Reader name -> function(path) yielding NativeSamples. Other formats add an entry here.
+READERS: MappingProxyType[str, Callable[[Path], Iterable[NativeSample]]] = MappingProxyType(
+    {"native": read_native_source}
+)
+
+
+def parse_source(spec: str) -> tuple[str, Path]:
+    """``READER:PATH`` -> (reader name, resolved path); a bare ``*.jsonl`` path means ``native``."""
+    reader, sep, path = spec.partition(":")
+    if not sep or len(reader) == 1:  # no scheme (or a Windows drive letter)
+        reader, path = "native", spec
+    if reader not in READERS:
+        close = difflib.get_close_matches(reader, list(READERS), n=1)
+        hint = f" did you mean '{close[0]}'?" if close else ""
+        raise InvalidInputError(f"data source {spec!r}: unknown reader {reader!r};{hint} "
+                                f"available: {', '.join(READERS)} (write READER:PATH)")
+    resolved = Path(path).expanduser()
+    if not resolved.exists():
+        raise FileNotFoundError(2, "data source not found", str(resolved))
+    return reader, resolved
+
+
+def load_samples(specs: Sequence[str], max_samples: int | None = None) -> list[NativeSample]:
+    """All samples of the given sources, in order (at most ``max_samples``)."""
+    samples: list[NativeSample] = []
+    for spec in specs:
+        reader, path = parse_source(spec)
+        for sample in READERS[reader](path):
+            if max_samples is not None and len(samples) >= max_samples:
+                return samples
+            samples.append(sample)
+    return samples
+
+
+# ----- conversations -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class QAPair:
+    """One human question and the assistant's answer, with the question's task."""
+
+    question: str
+    answer: str
+    task: str
+
+
+def conversation_pairs(sample: NativeSample) -> list[QAPair]:
+    """The sample's turns as question-answer pairs, with ``<image>`` removed from the text.
+
+    The packer puts ``<image>`` back at the start of each packed sequence's first question.
+    """
+    turns = sample.conversations
+    if len(turns) % 2:
+        raise InvalidInputError(f"sample {sample.id}: the conversation ends with a human turn; "
+                                "every question needs an answer to train on")
+    pairs = []
+    for t in range(0, len(turns), 2):
+        question = _IMAGE_IN_TEXT.sub(" ", turns[t]["value"]).strip()
+        pairs.append(QAPair(question, turns[t + 1]["value"], turns[t].get("task") or DEFAULT_TASK))
+    return pairs
+
+
+def pairs_to_turns(pairs: Sequence[QAPair]) -> list[dict[str, str]]:
+    """LLaVA-style turns of packed pairs; the image goes at the start of the first question."""
+    turns = []
+    for i, pair in enumerate(pairs):
+        question = f"{IMAGE_TEXT}\n{pair.question}" if i == 0 else pair.question
+        turns += [{"from": "human", "value": question}, {"from": "gpt", "value": pair.answer}]
+    return turns
+
+
+class SequenceLength:
+    """Tokens of a packed sequence after placeholder expansion, without building it.
+
+    ``<image>`` expands to ``image_seq_length`` tokens and each ``<regionK>`` to one
+    ``<region>`` token; both are special tokens, so counting them unexpanded is exact.
+    """
+
+    def __init__(self, processor: Any):
+        self.processor = processor
+
+    def __call__(self, pairs: Sequence[QAPair]) -> int:
+        text = self.processor.format_conversation(pairs_to_turns(pairs)).text
+        text = _REGION_REFERENCE.sub(self.processor.region_token, text)
+        n = len(self.processor.tokenizer(text, add_special_tokens=True)["input_ids"])
+        return n + (self.processor.image_seq_length - 1) * text.count(self.processor.image_token)
+
+
+def pack_pairs(pairs: Sequence[QAPair], length: Callable[[Sequence[QAPair]], int], max_length: int) -> tuple[list[list[QAPair]], int]:
+    """Greedily pack pairs, in order, into sequences of at most ``max_length`` tokens.
+
+    Returns the packed groups and the number of pairs dropped because one alone is too long.
+    """
+    groups: list[list[QAPair]] = []
+    current: list[QAPair] = []
+    dropped = 0
+    for pair in pairs:
+        if current and length([*current, pair]) <= max_length:
+            current.append(pair)
+            continue
+        if current:
+            groups.append(current)
+        current = [pair] if length([pair]) <= max_length else []
+        dropped += 0 if current else 1
+    if current:
+        groups.append(current)
+    return groups, dropped
+
+
+# ----- the dataset -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SampleKey:
+    """What to load: sample ``index`` as seen in ``epoch`` (turn order), restricted to ``tasks``."""
+
+    index: int
+    epoch: int = 0
+    tasks: tuple[str, ...] | None = None
+
+
+@dataclass
+class PackedSequence:
+    """One training sequence: Vicuna-v1 text, the character spans to learn, each answer's task."""
+
+    id: str
+    text: str
+    target_spans: tuple[tuple[int, int], ...]
+    tasks: tuple[str, ...]
+
+
+@dataclass
+class PackedImage:
+    """One image with its regions and the packed sequences about it."""
+
+    sample_id: str
+    image: Image.Image
+    regions: list[dict[str, Any]]
+    sequences: list[PackedSequence]
+    dropped_pairs: int = 0
+
+
+@dataclass
+class SkippedSample:
+    """A sample that could not be used (unreadable image, nothing left to train on)."""
+
+    sample_id: str
+    reason: str
+
+
+def native_regions(sample: NativeSample) -> list[dict[str, Any]]:
+    """Processor region specs: the mask when there is one (exact), else the box."""
+    return [{"segmentation": r.mask} if r.mask is not None else {"box": list(r.box)} for r in sample.regions]
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """The image at ``path`` as RGB, fully decoded (so corrupt files fail here)."""
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+class RegionConversationDataset(Dataset):
+    """Image samples -> :class:`PackedImage` (or :class:`SkippedSample`), indexed by :class:`SampleKey`."""
+
+    def __init__(self, samples: Sequence[NativeSample], processor: Any, max_length: int, seed: int = 0,
+                 shuffle_turns: bool = False, strict: bool = False):
+        self.samples = list(samples)
+        self.processor = processor
+        self.max_length = max_length
+        self.seed = seed
+        self.shuffle_turns = shuffle_turns
+        self.strict = strict
+        self.length = SequenceLength(processor)
+        self._pairs = [conversation_pairs(s) for s in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def tasks_present(self) -> set[str]:
+        """Every task some turn of the data carries."""
+        return {p.task for pairs in self._pairs for p in pairs}
+
+    def pairs_for(self, key: SampleKey) -> list[QAPair]:
+        """The sample's pairs for ``key``: filtered to its tasks, shuffled per epoch when enabled."""
+        pairs = [p for p in self._pairs[key.index] if key.tasks is None or p.task in key.tasks]
+        if self.shuffle_turns:
+            random.Random(f"turns:{self.seed}:{key.epoch}:{key.index}").shuffle(pairs)
+        return pairs
+
+    def __getitem__(self, key: SampleKey | int) -> PackedImage | SkippedSample:
+        if isinstance(key, int):
+            key = SampleKey(key)
+        sample = self.samples[key.index]
+        pairs = self.pairs_for(key)
+        if not pairs:
+            return SkippedSample(sample.id, "no turns of the selected tasks")
+        groups, dropped = pack_pairs(pairs, self.length, self.max_length)
+        if not groups:
+            return SkippedSample(sample.id, "every turn pair is longer than data.max_length")
+        try:
+            image = load_rgb(sample.image_path())
+            if image.size != (sample.width, sample.height):
+                raise ValueError(f"is {image.width}x{image.height} but the sample says {sample.width}x{sample.height}")
+        except (OSError, UnidentifiedImageError, ValueError) as error:
+            reason = f"image {sample.image_path()}: {error}"
+            if self.strict:
+                raise InvalidInputError(f"sample {sample.id}: {reason} (data.strict is true)") from None
+            return SkippedSample(sample.id, reason)
+        sequences = []
+        for g, group in enumerate(groups):
+            formatted = self.processor.format_conversation(pairs_to_turns(group))
+            sequences.append(PackedSequence(f"{sample.id}#{g}", formatted.text, formatted.target_spans,
+                                            tuple(p.task for p in group)))
+        return PackedImage(sample.id, image, native_regions(sample), sequences, dropped)
+
+
+# ----- order -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TaskSchedule:
+    """Which tasks train at a step: the first phase with ``step < until_step``, else ``default``."""
+
+    phases: tuple[tuple[int, tuple[str, ...]], ...] = ()
+    default: tuple[str, ...] | None = None
+
+    def tasks_at(self, step: int) -> tuple[str, ...] | None:
+        for until, tasks in self.phases:
+            if step < until:
+                return tasks
+        return self.default
+
+
+class StepBatchSampler(Sampler[list[SampleKey]]):
+    """Micro-batches of :class:`SampleKey` for micro-batch indices ``start..stop-1``.
+
+    Micro-batch ``m`` takes stream positions ``m*B .. m*B+B-1``; position ``p`` is sample
+    ``perm_e[p mod N]`` of epoch ``e = p // N`` (``perm_e`` a seeded permutation, or the
+    identity without shuffling). Optimiser step = ``m // grad_accum``.
+    """
+
+    def __init__(self, n_samples: int, batch_size: int, grad_accum: int, seed: int, shuffle: bool,
+                 schedule: TaskSchedule, start: int, stop: int):
+        if n_samples < 1:
+            raise InvalidInputError("the training data has no samples")
+        self.n, self.batch_size, self.grad_accum = n_samples, batch_size, grad_accum
+        self.seed, self.shuffle, self.schedule = seed, shuffle, schedule
+        self.start, self.stop = start, stop
+        self._orders: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The sample order of ``epoch`` (cached: the latest two epochs)."""
+        if epoch not in self._orders:
+            if len(self._orders) > 1:
+                self._orders.pop(min(self._orders))
+            self._orders[epoch] = (np.random.default_rng([self.seed, epoch]).permutation(self.n)
+                                   if self.shuffle else np.arange(self.n))
+        return self._orders[epoch]
+
+    def keys(self, micro: int) -> list[SampleKey]:
+        tasks = self.schedule.tasks_at(micro // self.grad_accum)
+        keys = []
+        for position in range(micro * self.batch_size, (micro + 1) * self.batch_size):
+            epoch = position // self.n
+            keys.append(SampleKey(int(self.order(epoch)[position % self.n]), epoch, tasks))
+        return keys
+
+    def __iter__(self) -> Iterator[list[SampleKey]]:
+        for micro in range(self.start, self.stop):
+            yield self.keys(micro)
+
+
+class EvalBatchSampler(Sampler[list[SampleKey]]):
+    """The held-out samples in order, in batches, restricted to ``tasks``."""
+
+    def __init__(self, n_samples: int, batch_size: int, tasks: tuple[str, ...] | None):
+        self.n, self.batch_size, self.tasks = n_samples, batch_size, tasks
+
+    def __len__(self) -> int:
+        return (self.n + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self) -> Iterator[list[SampleKey]]:
+        for start in range(0, self.n, self.batch_size):
+            yield [SampleKey(i, 0, self.tasks) for i in range(start, min(start + self.batch_size, self.n))]
+
+
+# ----- batches -----------------------------------------------------------------------------------
+@dataclass
+class Batch:
+    """Model inputs plus what the recipe needs to score and log them.
+
+    ``answer_index`` (N, L) gives, for each token position, the index of the answer (in
+    ``answer_tasks``) whose target it is, -1 elsewhere; it is computed before placeholders
+    are masked, so one answer is one contiguous run even when it mentions a region.
+    """
+
+    inputs: dict[str, torch.Tensor]
+    answer_index: torch.Tensor
+    answer_tasks: list[str]
+    sequence_ids: list[str]
+    n_images: int
+    skipped: list[SkippedSample] = field(default_factory=list)
+    dropped_pairs: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return not self.sequence_ids
+
+    def to(self, device: torch.device | str) -> "Batch":
+        self.inputs = {k: v.to(device) for k, v in self.inputs.items()}
+        self.answer_index = self.answer_index.to(device)
+        return self
+
+
+def answer_runs(labels: torch.Tensor, tasks: Sequence[Sequence[str]]) -> tuple[torch.Tensor, list[str]]:
+    """Number the contiguous runs of learned tokens (one per answer) across the batch."""
+    index = torch.full_like(labels, -1)
+    flat_tasks: list[str] = []
+    for row, row_tasks in enumerate(tasks):
+        learned = (labels[row] != IGNORE_INDEX).tolist()
+        runs = []
+        for pos, on in enumerate(learned):
+            if on and (pos == 0 or not learned[pos - 1]):
+                runs.append([pos, pos + 1])
+            elif on:
+                runs[-1][1] = pos + 1
+        if len(runs) != len(row_tasks):
+            raise RuntimeError(f"sequence {row}: {len(row_tasks)} answers gave {len(runs)} runs of learned tokens")
+        for (a, b), task in zip(runs, row_tasks):
+            index[row, a:b] = len(flat_tasks)
+            flat_tasks.append(task)
+    return index, flat_tasks
+
+
+class RegionCollator:
+    """Packed images -> one right-padded :class:`Batch` (labels -100 on prompts, placeholders, padding)."""
+
+    def __init__(self, processor: Any):
+        self.processor = processor
+
+    def __call__(self, items: Sequence[PackedImage | SkippedSample]) -> Batch:
+        skipped = [item for item in items if isinstance(item, SkippedSample)]
+        packed = [item for item in items if isinstance(item, PackedImage)]
+        images, texts, regions, spans, tasks, ids = [], [], [], [], [], []
+        for item in packed:
+            for seq in item.sequences:
+                images.append(item.image)
+                regions.append(item.regions)
+                texts.append(seq.text)
+                spans.append(list(seq.target_spans))
+                tasks.append(seq.tasks)
+                ids.append(seq.id)
+        dropped = sum(item.dropped_pairs for item in packed)
+        if not texts:
+            return Batch({}, torch.zeros(0, 0, dtype=torch.long), [], [], 0, skipped, dropped)
+        encoded = self.processor(images=images, text=texts, regions=regions, target_spans=spans,
+                                 padding_side="right")
+        inputs = dict(encoded)
+        labels = inputs["labels"]
+        answer_index, answer_tasks = answer_runs(labels, tasks)
+        placeholders = (labels == self.processor.image_token_id) | (labels == self.processor.region_token_id)
+        inputs["labels"] = labels.masked_fill(placeholders, IGNORE_INDEX)
+        return Batch(inputs, answer_index, answer_tasks, ids, len(packed), skipped, dropped)
+
+
+__all__ = [
+    "Batch", "EvalBatchSampler", "PackedImage", "PackedSequence", "QAPair", "READERS", "RegionCollator",
+    "RegionConversationDataset", "SampleKey", "SequenceLength", "SkippedSample", "StepBatchSampler", "TaskSchedule",
+    "answer_runs", "conversation_pairs", "load_samples", "pack_pairs", "pairs_to_turns", "parse_source",
+]

@@ -1,0 +1,345 @@
+"""The RegionGPT training recipe: one class to read top to bottom.
+
+    recipe = TrainingRecipe(load_config("configs/tiny.yaml", ["train.max_steps=20"]))
+    recipe.setup()      # run folder, resume point, data, model, what trains, optimiser, schedule
+    recipe.train()      # the loop: micro-batches -> loss -> step; logs, evaluates, checkpoints
+    recipe.evaluate()   # teacher-forced loss and per-task answer accuracy on data.val
+    recipe.save_checkpoint()
+
+Everything configurable reaches this file through the builders (``builders.py``); the
+loop itself is plain PyTorch. Resuming restores the model, optimiser, scheduler, data
+position and RNG states, so an interrupted run continues exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from regiongpt.errors import InvalidInputError
+
+from . import checkpointing as ckpt
+from .builders import (
+    build_eval_loader,
+    build_model_and_processor,
+    build_optimizer,
+    build_scheduler,
+    build_train_dataset,
+    build_train_loader,
+    configure_trainable,
+    load_model_and_processor,
+)
+from .config import TrainingConfig
+from .data import Batch, load_samples
+from .lora import load_lora_state, merged_state_dict, save_lora_state
+from .metrics import AnswerAccuracy, MetricsWriter, StepLog, answer_loss_sum
+
+STATE_VERSION = 1
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InvalidInputError(f"train.device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError(f"train.device is {name!r} but CUDA is not available here")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): tree}
+
+
+@contextlib.contextmanager
+def _quiet_transformers_progress():
+    """No "Writing model shards" bar from save_pretrained under the training bar."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+class TrainingRecipe:
+    """Supervised training of RegionGPT on packed multi-turn region conversations."""
+
+    def __init__(self, config: TrainingConfig):
+        self.config = config
+        self.run_dir = Path(config.train.output_dir).resolve()
+        self.device = resolve_device(config.train.device)
+        self.step = 0  # optimiser steps done
+        self.micro_batches = 0  # data position: micro-batches consumed from the sample stream
+        self.skipped_samples = 0
+        self.dropped_pairs = 0
+        self.last_eval: dict[str, float] = {}
+
+    # ----- setup ------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Build everything, from a checkpoint when resuming, else from the config."""
+        cfg = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        resume_from = self._checkpoint_to_resume()
+        seed_everything(cfg.train.seed)
+
+        self.train_samples = load_samples(cfg.data.train, cfg.data.max_samples)
+        if not self.train_samples:
+            raise InvalidInputError(f"data.train {cfg.data.train} has no samples")
+        if resume_from is not None:
+            self.model, self.processor = load_model_and_processor(resume_from)
+        else:
+            self.model, self.processor = build_model_and_processor(cfg.model, self.train_samples, cfg.train.seed)
+        self.trainable = configure_trainable(self.model, cfg.train)
+        if resume_from is not None and cfg.train.lora is not None:
+            load_lora_state(self.model, resume_from / ckpt.LORA_FILE)
+        self.model.to(self.device)
+
+        self.train_dataset = build_train_dataset(cfg, self.train_samples, self.processor)
+        self.eval_loader = build_eval_loader(cfg, self.processor)
+        per_step = cfg.data.batch_size * cfg.optim.grad_accum
+        self.total_steps = cfg.train.max_steps or max(1, int(np.ceil(cfg.train.epochs * len(self.train_samples) / per_step)))
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.total_steps)
+
+        self.metrics = MetricsWriter(self.run_dir)
+        self.sample_log = StepLog(self.run_dir / "samples.jsonl")
+        if resume_from is not None:
+            self._load_training_state(resume_from)
+        # Logs past the resume point (or of a run killed before its first checkpoint) are replayed.
+        self.metrics.log.truncate(self.step)
+        self.sample_log.truncate(self.step)
+        self._write_run_config()
+
+    def _checkpoint_to_resume(self) -> Path | None:
+        """``train.resume``: auto (newest complete checkpoint, if any), never, or a path."""
+        resume = self.config.train.resume
+        for partial in ckpt.remove_partial_checkpoints(self.run_dir):
+            warnings.warn(f"removed an incomplete checkpoint left by an interrupted run: {partial}", stacklevel=2)
+        if resume == "never":
+            if ckpt.list_checkpoints(self.run_dir):
+                raise InvalidInputError(f"{self.run_dir} already has checkpoints and train.resume is 'never'; "
+                                        "choose a new train.output_dir or set train.resume=auto")
+            return None
+        if resume == "auto":
+            return ckpt.latest_checkpoint(self.run_dir)
+        path = Path(resume)
+        if not (path / ckpt.STATE_FILE).is_file():
+            raise InvalidInputError(f"train.resume {resume!r} is not a checkpoint folder (no {ckpt.STATE_FILE})")
+        return path
+
+    def _write_run_config(self) -> None:
+        """Write ``config.yaml``; warn about settings that differ from the run being resumed."""
+        path = self.run_dir / "config.yaml"
+        new = self.config.to_dict()
+        if path.exists() and self.step > 0:
+            old = _flatten(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+            changed = sorted(k for k, v in _flatten(new).items() if old.get(k, v) != v)
+            if changed:
+                warnings.warn(f"resuming with changed settings: {', '.join(changed)}", stacklevel=2)
+        path.write_text(yaml.safe_dump(new, sort_keys=False), encoding="utf-8")
+
+    # ----- the loop -----------------------------------------------------------------------------------
+    def train(self, stop_after: int | None = None) -> dict[str, float]:
+        """Train to ``total_steps`` (or stop after step ``stop_after`` without a final checkpoint).
+
+        Returns the last training metrics and the last evaluation's.
+        """
+        cfg = self.config
+        accum = cfg.optim.grad_accum
+        loader = build_train_loader(self.train_dataset, self.processor, cfg, self.micro_batches, self.total_steps * accum)
+        batches = iter(loader)
+        self.model.train()
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", file=sys.stderr,
+                   disable=not cfg.train.progress, dynamic_ncols=True)
+        last: dict[str, float] = {}
+        try:
+            while self.step < self.total_steps:
+                started = time.perf_counter()
+                micro = [next(batches) for _ in range(accum)]
+                last = self.train_step(micro)
+                self.step += 1
+                self.micro_batches += accum
+                self.sample_log.append({"step": self.step,
+                                        "sequences": [i for b in micro for i in b.sequence_ids],
+                                        "skipped": [s.sample_id for b in micro for s in b.skipped]})
+                seconds = time.perf_counter() - started
+                last["epoch"] = self.micro_batches * cfg.data.batch_size / len(self.train_samples)
+                last["samples_per_s"] = sum(b.n_images for b in micro) / seconds
+                last["tokens_per_s"] = last.pop("tokens") / seconds
+                if self.step % cfg.train.log_every == 0 or self.step == self.total_steps:
+                    self.metrics.write(self.step, "train", last)
+                bar.update(1)
+                bar.set_postfix(loss=f"{last['loss']:.3f}", acc=f"{last.get('token_acc', 0):.2f}",
+                                img_s=f"{last['samples_per_s']:.1f}", tok_s=f"{last['tokens_per_s']:.0f}")
+                finished = self.step == self.total_steps
+                every = cfg.eval.every_steps
+                if self.eval_loader is not None and (finished or (every and self.step % every == 0)):
+                    self.evaluate()
+                if finished or self.step % cfg.checkpoint.every_steps == 0:
+                    self.save_checkpoint()
+                if stop_after is not None and self.step >= stop_after:
+                    break
+        finally:
+            bar.close()
+            self.metrics.flush()
+        if self.skipped_samples or self.dropped_pairs:
+            warnings.warn(f"{self.skipped_samples} sample(s) skipped (unreadable image or nothing to train on) and "
+                          f"{self.dropped_pairs} turn pair(s) longer than data.max_length dropped; see samples.jsonl",
+                          stacklevel=2)
+        return {**last, **{f"val/{k}": v for k, v in self.last_eval.items()}}
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.config.train.dtype == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train_step(self, micro: list[Batch]) -> dict[str, float]:
+        """One optimiser step over ``grad_accum`` micro-batches; the loss is the mean over all
+        learned tokens of the step (so accumulation equals one large batch)."""
+        n_tokens = sum(int((b.inputs["labels"][:, 1:] != -100).sum()) for b in micro if not b.empty)
+        for b in micro:
+            self.skipped_samples += len(b.skipped)
+            self.dropped_pairs += b.dropped_pairs
+            for s in b.skipped:
+                warnings.warn(f"skipped sample {s.sample_id}: {s.reason}", stacklevel=2)
+        self.optimizer.zero_grad(set_to_none=True)
+        accuracy = AnswerAccuracy()
+        loss_sum, tokens = 0.0, 0
+        for b in micro:
+            if b.empty or n_tokens == 0:
+                continue
+            b.to(self.device)
+            labels = b.inputs["labels"]
+            with self._autocast():
+                logits = self.model(**{k: v for k, v in b.inputs.items() if k != "labels"}).logits
+            loss = answer_loss_sum(logits, labels)
+            (loss / n_tokens).backward()
+            loss_sum += float(loss.detach())
+            tokens += int(b.inputs["attention_mask"].sum())
+            accuracy.update(logits.detach(), labels, b.answer_index, b.answer_tasks)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if n_tokens:
+            max_norm = self.config.optim.max_grad_norm
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm is not None else float("inf"))
+            self.optimizer.step()
+        else:
+            warnings.warn(f"step {self.step + 1}: no learned tokens in the batch; no update", stacklevel=2)
+            grad_norm = torch.tensor(0.0)
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        acc = accuracy.compute()
+        return {"loss": loss_sum / max(1, n_tokens), "lr": lr, "grad_norm": float(grad_norm),
+                "token_acc": acc.get("all/token_acc", 0.0), "exact_match": acc.get("all/exact_match", 0.0),
+                "answer_tokens": n_tokens, "sequences": sum(len(b.sequence_ids) for b in micro),
+                "tokens": tokens}
+
+    # ----- evaluation ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Teacher-forced loss and per-task answer accuracy (token accuracy, exact match) on data.val."""
+        if self.eval_loader is None:
+            raise InvalidInputError("evaluation needs data.val")
+        was_training = self.model.training
+        self.model.eval()
+        accuracy = AnswerAccuracy()
+        loss_sum, n_tokens = 0.0, 0
+        for b in self.eval_loader:
+            if b.empty:
+                continue
+            b.to(self.device)
+            labels = b.inputs["labels"]
+            with self._autocast():
+                logits = self.model(**{k: v for k, v in b.inputs.items() if k != "labels"}).logits
+            loss_sum += float(answer_loss_sum(logits, labels))
+            n_tokens += int((labels[:, 1:] != -100).sum())
+            accuracy.update(logits, labels, b.answer_index, b.answer_tasks)
+        self.model.train(was_training)
+        results = {"loss": loss_sum / max(1, n_tokens), **accuracy.compute()}
+        self.metrics.write(self.step, "val", results)
+        self.last_eval = results
+        return results
+
+    # ----- checkpoints --------------------------------------------------------------------------------
+    def training_state(self) -> dict[str, Any]:
+        """Everything besides the weights that resuming needs (tensors and plain values only)."""
+        return {
+            "version": STATE_VERSION,
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "micro_batches": self.micro_batches,
+            "samples_consumed": self.micro_batches * self.config.data.batch_size,
+            "skipped_samples": self.skipped_samples,
+            "dropped_pairs": self.dropped_pairs,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": ckpt.capture_rng_state(),
+        }
+
+    def save_checkpoint(self) -> Path:
+        """Write ``ckpt-XXXXXX/`` atomically (a loadable HF model folder + training state)."""
+        cfg = self.config
+
+        def write(folder: Path) -> None:
+            with _quiet_transformers_progress():
+                if cfg.train.lora is not None:
+                    self.model.save_pretrained(folder, state_dict=merged_state_dict(self.model))
+                    save_lora_state(self.model, folder / ckpt.LORA_FILE)
+                else:
+                    self.model.save_pretrained(folder)
+                self.processor.save_pretrained(folder)
+            (folder / ckpt.CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+            ckpt.save_training_state(folder / ckpt.STATE_FILE, self.training_state())
+
+        return ckpt.save_checkpoint(self.run_dir, self.step, write, cfg.checkpoint.keep_last)
+
+    def _load_training_state(self, folder: Path) -> None:
+        state = ckpt.load_training_state(folder / ckpt.STATE_FILE)
+        if state.get("version") != STATE_VERSION:
+            raise InvalidInputError(f"{folder}: training state version {state.get('version')} is not {STATE_VERSION}")
+        if state["total_steps"] != self.total_steps:
+            warnings.warn(f"resuming a run planned for {state['total_steps']} steps with {self.total_steps}; "
+                          "the learning-rate schedule changes", stacklevel=2)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        self.micro_batches = int(state["micro_batches"])
+        self.skipped_samples = int(state["skipped_samples"])
+        self.dropped_pairs = int(state["dropped_pairs"])
+        ckpt.restore_rng_state(state["rng"])
+
+
+def run_training(config: TrainingConfig) -> dict[str, float]:
+    """Set up and run a whole training run; returns the final metrics."""
+    recipe = TrainingRecipe(config)
+    recipe.setup()
+    return recipe.train()
+
+
+__all__ = ["TrainingRecipe", "resolve_device", "run_training"]

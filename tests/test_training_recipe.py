@@ -1,0 +1,163 @@
+"""The training recipe: what trains in each stage, LoRA, metrics, evaluation and checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from regiongpt import RegionGPTForConditionalGeneration, RegionGPTProcessor
+from regiongpt.data.synth import write_world
+from regiongpt.errors import InvalidInputError
+from regiongpt.training.checkpointing import load_training_state
+from regiongpt.training.config import load_config
+from regiongpt.training.recipe import TrainingRecipe
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "tiny.yaml"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models train faster on one thread, and 2-core CI shares its cores between test workers."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("world")
+    write_world(out, images=12, seed=2, width=64, height=64, val_fraction=0.25, progress=False)
+    return out
+
+
+def make_recipe(world: Path, run_dir: Path, *overrides: str) -> TrainingRecipe:
+    config = load_config(TINY, [
+        f"data.train=native:{world}/native/train.jsonl", f"data.val=native:{world}/native/val.jsonl",
+        f"train.output_dir={run_dir}", "train.progress=false", "data.max_length=160",
+        "data.tasks=[classify, brief, existence, rec]", "data.task_schedule=[]", "optim.warmup_steps=0",
+        "checkpoint.every_steps=100", "eval.every_steps=0", *overrides])
+    recipe = TrainingRecipe(config)
+    recipe.setup()
+    return recipe
+
+
+def _snapshot(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def _changed(model, before) -> set[str]:
+    return {name for name, p in model.named_parameters() if not torch.equal(p.detach(), before[name])}
+
+
+@pytest.mark.parametrize(
+    "stage, trainable, prefixes",
+    [
+        ("stage1", "[feature_refiner, connector]",
+         ("model.feature_refiner.", "model.connector.", "model.region_connector.")),
+        ("stage2", "[feature_refiner, connector, language_model]",
+         ("model.feature_refiner.", "model.connector.", "model.region_connector.", "model.language_model.", "lm_head.")),
+    ],
+)
+def test_exactly_the_trainable_parameters_train(world, tmp_path, stage, trainable, prefixes):
+    recipe = make_recipe(world, tmp_path / stage, f"train.trainable={trainable}", "train.max_steps=2",
+                         "model.overrides.share_connector=false", "data.val=[]")
+    model = recipe.model
+    expected = {name for name, _ in model.named_parameters() if name.startswith(prefixes)}
+    assert set(recipe.trainable) == expected and any(n.startswith("model.region_connector.") for n in expected)
+    before = _snapshot(model)
+
+    recipe.train(stop_after=1)
+    after_one = _changed(model, before)
+    assert after_one and after_one <= expected  # one step moves nothing frozen
+    # The refiner's last layer starts at zero, so the layers before it get their first
+    # gradient in step 2 (SPEC §1): check every gradient after one optimiser step.
+    recipe.train(stop_after=2)
+    assert _changed(model, before) == expected
+    for name, param in model.named_parameters():
+        if name in expected:
+            assert param.grad is not None and param.grad.abs().sum() > 0, f"{name} got no gradient"
+        else:
+            assert param.grad is None and not param.requires_grad, name
+
+
+def test_lora_trains_only_adapters_and_saves_merged_weights(world, tmp_path):
+    recipe = make_recipe(world, tmp_path / "lora", "train.trainable=[connector]", "train.max_steps=2",
+                         "train.lora={r: 4, alpha: 8, target_modules: [q_proj, v_proj]}", "data.val=[]")
+    model = recipe.model
+    lora = {n for n, _ in model.named_parameters() if "lora_" in n}
+    assert lora and all(".q_proj." in n or ".v_proj." in n for n in lora)
+    assert set(recipe.trainable) == lora | {n for n, _ in model.named_parameters() if n.startswith("model.connector.")}
+    before = _snapshot(model)
+    recipe.train()
+    assert _changed(model, before) == set(recipe.trainable)
+
+    from regiongpt.training.data import RegionCollator
+
+    checkpoint = tmp_path / "lora" / "ckpt-000002"
+    loaded = AutoModelForImageTextToText.from_pretrained(checkpoint).eval()
+    assert not any("lora" in n for n, _ in loaded.named_parameters())
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    item = recipe.train_dataset[0]
+    inputs = {k: v for k, v in RegionCollator(processor)([item]).inputs.items() if k != "labels"}
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits, atol=1e-4, rtol=1e-4)
+    # Resuming restores the unmerged adapters exactly.
+    resumed = make_recipe(world, tmp_path / "lora", "train.trainable=[connector]", "train.max_steps=2",
+                          "train.lora={r: 4, alpha: 8, target_modules: [q_proj, v_proj]}", "data.val=[]")
+    assert resumed.step == 2
+    for name, param in resumed.model.named_parameters():
+        assert torch.equal(param, dict(model.named_parameters())[name]), name
+
+
+def test_metrics_log_eval_per_task_and_loadable_checkpoints(world, tmp_path):
+    run = tmp_path / "run"
+    recipe = make_recipe(world, run, "train.max_steps=4", "eval.every_steps=2", "checkpoint.every_steps=1",
+                         "checkpoint.keep_last=2", "data.task_schedule=[{until_step: 2, tasks: [classify]}]")
+    final = recipe.train()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["split"] == "train"]
+    val = [r for r in records if r["split"] == "val"]
+    assert [r["step"] for r in train] == [1, 2, 3, 4] and [r["step"] for r in val] == [2, 4]
+    for r in train:
+        assert r["loss"] > 0 and r["samples_per_s"] > 0 and r["tokens_per_s"] > 0 and "lr" in r and "grad_norm" in r
+    for task in ("classify", "brief", "existence", "rec", "all"):
+        for metric in ("token_acc", "exact_match"):
+            assert 0.0 <= val[-1][f"{task}/{metric}"] <= 1.0
+        assert val[-1][f"{task}/answers"] > 0
+    assert final["val/all/answers"] == val[-1]["all/answers"]
+    # checkpoints: the last two, loadable by plain transformers, with a weights-only training state
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith("ckpt-")) == ["ckpt-000003", "ckpt-000004"]
+    model = AutoModelForImageTextToText.from_pretrained(run / "ckpt-000004")
+    assert isinstance(model, RegionGPTForConditionalGeneration)
+    assert isinstance(AutoProcessor.from_pretrained(run / "ckpt-000004"), RegionGPTProcessor)
+    state = load_training_state(run / "ckpt-000004" / "training_state.pt")
+    assert state["step"] == 4 and state["micro_batches"] == 4 * recipe.config.optim.grad_accum
+    assert set(state["rng"]) >= {"torch", "numpy", "python"}
+    assert (run / "config.yaml").exists() and (run / "ckpt-000004" / "training_config.yaml").exists()
+    lines = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2, 3, 4] and all(r["sequences"] for r in lines)
+
+
+def test_bf16_autocast_step(world, tmp_path):
+    recipe = make_recipe(world, tmp_path / "bf16", "train.dtype=bf16", "train.max_steps=1", "data.val=[]")
+    metrics = recipe.train()
+    assert torch.isfinite(torch.tensor(metrics["loss"]))
+    assert next(recipe.model.parameters()).dtype == torch.float32  # master weights stay fp32
+
+
+def test_unknown_task_fails_before_training(world, tmp_path):
+    with pytest.raises(InvalidInputError, match=r"'data.tasks' names task 'clasify'.*did you mean 'classify'"):
+        make_recipe(world, tmp_path / "bad", "data.tasks=[clasify]", "train.max_steps=1")
+
+
+def test_resume_never_refuses_a_run_folder_with_checkpoints(world, tmp_path):
+    make_recipe(world, tmp_path / "r", "train.max_steps=1", "data.val=[]").train()
+    with pytest.raises(InvalidInputError, match="train.resume is 'never'"):
+        make_recipe(world, tmp_path / "r", "train.max_steps=1", "data.val=[]", "train.resume=never")
