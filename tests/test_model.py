@@ -108,11 +108,14 @@ def _one_step(model, processor, image):
 
 
 @pytest.mark.parametrize(
-    "frozen", [("vision_tower", "language_model"), ("vision_tower",)], ids=["stage1_alignment", "stage2_instruction"]
+    "frozen, extras",
+    [(("vision_tower", "language_model"), {}), (("vision_tower",), {}),
+     (("vision_tower",), dict(region_shape_encoder=True, feature_position_embedding=True))],
+    ids=["stage1_alignment", "stage2_instruction", "small_model_extensions"],
 )
-def test_every_trainable_parameter_gets_gradient_after_one_step(tokenizer, image, frozen):
+def test_every_trainable_parameter_gets_gradient_after_one_step(tokenizer, image, frozen, extras):
     # The vision tower stays frozen in both stages: its blocks after the feature layer are unused.
-    model = make_model("tiny-clip-llama", tokenizer)  # refiner branch zero-initialised
+    model = make_model("tiny-clip-llama", tokenizer, **extras)  # zero-initialised output layers
     processor = make_processor(model, tokenizer)
     model.train()
     for name in frozen:
@@ -160,8 +163,10 @@ def test_backbones_forward_and_generate(tokenizer, image, preset):
 @pytest.mark.parametrize(
     "overrides",
     [dict(region_pooling="roi_box"), dict(refine_residual=False), dict(refine_factor=1), dict(share_connector=False),
-     dict(image_grid_size=4, image_seq_length=16), dict(feature_position_embedding=True)],
-    ids=["roi_box", "reference_refinement", "no_refinement", "separate_connector", "merged_4x4", "position_embedding"],
+     dict(image_grid_size=4, image_seq_length=16), dict(feature_position_embedding=True),
+     dict(region_shape_encoder=True)],
+    ids=["roi_box", "reference_refinement", "no_refinement", "separate_connector", "merged_4x4", "position_embedding",
+         "shape_encoder"],
 )
 def test_architecture_switches(tokenizer, image, overrides):
     model = make_model("tiny-clip-llama", tokenizer, **overrides)

@@ -66,6 +66,9 @@ class RegionGPTConfig(PreTrainedConfig):
         feature_position_embedding: add a learned (zero-initialised) position embedding to the
             vision grid, so pooled region features know where they are. ViT features carry
             position already; small CNN towers need it for spatial relations.
+        region_shape_encoder: add an encoding of each region's mask shape and box geometry
+            to its pooled feature (zero-initialised; for small models, see region_shape.py).
+        region_shape_size: side of the cropped mask the shape encoder reads.
     """
 
     model_type = "regiongpt"
@@ -103,6 +106,8 @@ class RegionGPTConfig(PreTrainedConfig):
     roi_output_size: int = 7
     share_connector: bool = True
     feature_position_embedding: bool = False
+    region_shape_encoder: bool = False
+    region_shape_size: int = 16
     projector_hidden_act: str = "gelu"
     multimodal_projector_bias: bool = True
     tie_word_embeddings: bool = False

@@ -29,6 +29,7 @@ from .configuration_regiongpt import RegionGPTConfig
 from .connector import Connector
 from .pooling import mask_pool, roi_box_pool
 from .refinement import FeatureRefiner
+from .region_shape import RegionShapeEncoder
 from .vision import select_feature_grid
 
 # Inputs that only the prefill step consumes; later decode steps must not recompute them.
@@ -92,6 +93,11 @@ class RegionGPTModel(RegionGPTPreTrainedModel):
             if config.share_connector
             else Connector(config.vision_feature_dim, text_dim, config.projector_hidden_act, config.multimodal_projector_bias)
         )
+        self.region_shape_encoder = (
+            RegionShapeEncoder(config.vision_feature_dim, config.region_shape_size)
+            if config.region_shape_encoder
+            else None
+        )
         grid = config.vision_grid_size
         self.position_embedding = (
             nn.Parameter(torch.zeros(config.vision_feature_dim, grid, grid))
@@ -149,6 +155,10 @@ class RegionGPTModel(RegionGPTPreTrainedModel):
             if region_masks is None:
                 raise ValueError("mask pooling needs region_masks (the processor provides them)")
             pooled = mask_pool(vision.region_maps, region_masks.to(vision.region_maps.device), region_image_index)
+        if self.region_shape_encoder is not None:
+            if region_masks is None:
+                raise ValueError("the region shape encoder needs region_masks (the processor provides them)")
+            pooled = pooled + self.region_shape_encoder(region_masks.to(pooled.device)).to(pooled.dtype)
         connector = self.region_connector if self.region_connector is not None else self.connector
         return connector(pooled)
 
