@@ -130,7 +130,8 @@ class FakeModel:
         self.answer = answer
         self.calls = []
 
-    def describe_many(self, items, task="brief", categories=None, return_scores=False, max_new_tokens=None):
+    def describe_many(self, items, task="brief", categories=None, return_scores=False, max_new_tokens=None,
+                      vocabulary=None):
         self.calls.append([len(regions) for _, regions in items])
         out = []
         for _, regions in items:

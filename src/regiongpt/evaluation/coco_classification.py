@@ -3,10 +3,11 @@
 Protocol:
 - One query per non-crowd ground-truth annotation of the instances file (COCO-2017 val),
   in file order. Region = the annotation's mask (``--region-mode box``: its filled box).
-- Prompt = the classification instruction with the category list, as the API's
-  ``describe(task="classify", categories=...)`` builds it ("What category name best
-  describes the region represented by <region1>? Answer the question using COCO-80 category
-  names." + the names); greedy decoding. All regions of an image are answered in one batch.
+- Prompt = the classification instruction naming the label set, as the API's
+  ``describe(task="classify", categories=..., vocabulary="COCO-80")`` builds it ("What
+  category name best describes the region represented by <region1>? Answer the question
+  using COCO-80 category names."); for a category set other than COCO's 80 the names are
+  listed in the prompt instead. Greedy decoding. All regions of an image are answered in one batch.
 - Accuracy (exact) = the normalised answer (lower-case; "It is a X." -> X; articles and
   punctuation dropped) equals the normalised category name.
 - Accuracy (semantic, Osprey's protocol) = the category whose all-MiniLM-L6-v2 embedding
@@ -122,7 +123,8 @@ class CocoClassification(Benchmark):
 
     def predict(self, model, jobs: Sequence[ImageJob]) -> list[list[dict[str, Any]]]:
         answers = model.describe_many([(str(job.image), [q.payload for q in job.queries]) for job in jobs],
-                                      task="classify", categories=self.names, return_scores=True)
+                                      task="classify", categories=self.names, return_scores=True,
+                                      vocabulary="COCO-80" if len(self.names) == 80 else None)
         return [[{"prediction": a.text, "category_scores": a.category_scores} for a in image_answers]
                 for image_answers in answers]
 

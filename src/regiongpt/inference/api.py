@@ -116,13 +116,18 @@ class RegionGPT:
     # ----- tasks -------------------------------------------------------------------------------
     def describe(self, image: Any, regions: Sequence[Any], task: str = "brief",
                  categories: Sequence[str] | None = None, return_scores: bool = False,
-                 max_new_tokens: int | None = None) -> list[RegionAnswer]:
-        """One answer per region: a brief or detailed description, a category or a free label."""
-        return self.describe_many([(image, regions)], task, categories, return_scores, max_new_tokens)[0]
+                 max_new_tokens: int | None = None, vocabulary: str | None = None) -> list[RegionAnswer]:
+        """One answer per region: a brief or detailed description, a category or a free label.
+
+        For ``classify``: ``categories`` other than the checkpoint's own are listed in the
+        prompt, unless ``vocabulary`` names them (the paper's "Answer the question using COCO-80
+        category names."); the checkpoint's own set is named as in training.
+        """
+        return self.describe_many([(image, regions)], task, categories, return_scores, max_new_tokens, vocabulary)[0]
 
     def describe_many(self, items: Sequence[tuple[Any, Sequence[Any]]], task: str = "brief",
                       categories: Sequence[str] | None = None, return_scores: bool = False,
-                      max_new_tokens: int | None = None) -> list[list[RegionAnswer]]:
+                      max_new_tokens: int | None = None, vocabulary: str | None = None) -> list[list[RegionAnswer]]:
         """:meth:`describe` for several (image, regions) pairs in one engine batch."""
         if task not in DESCRIBE_TASKS:
             raise InvalidInputError(f"unknown task {task!r}; choose one of {', '.join(DESCRIBE_TASKS)}")
@@ -130,14 +135,16 @@ class RegionGPT:
         for image, regions in items:
             if not regions:
                 raise InvalidInputError(f"give at least one region for {image if isinstance(image, str) else 'the image'}")
-        categories = list(categories) if categories else self.processor.categories
-        if task == "classify" and categories:
-            vocabulary = "the listed" if categories != self.processor.categories else self.processor.category_vocabulary
-        else:
-            vocabulary = self.processor.category_vocabulary
+        # The checkpoint's own label set is named as in training (e.g. "COCO-80 category names");
+        # a different set given by the caller is listed in the prompt.
+        own = self.processor.categories
+        listed = list(categories) if categories and list(categories) != own and vocabulary is None else None
+        categories = list(categories) if categories else own
+        if vocabulary is None:
+            vocabulary = "the listed" if listed else self.processor.category_vocabulary
         limit = max_new_tokens or DEFAULT_MAX_NEW_TOKENS[task]
         questions = [
-            Question(index, build_instruction(task, region=i, categories=categories if task == "classify" else None,
+            Question(index, build_instruction(task, region=i, categories=listed if task == "classify" else None,
                                               vocabulary=vocabulary), max_new_tokens=limit)
             for index, (_, regions) in enumerate(items) for i in range(len(regions))
         ]

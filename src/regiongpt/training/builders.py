@@ -106,9 +106,13 @@ def parameter_groups(model: RegionGPTForConditionalGeneration) -> dict[str, list
     """The modules behind each name ``train.trainable`` accepts."""
     inner = model.model
     connectors = [inner.connector] + ([inner.region_connector] if inner.region_connector is not None else [])
+    # The region-feature path: refinement plus, when configured, the shape encoder and the
+    # grid position embedding (small-model extensions).
+    spatial = [inner.feature_refiner] + [part for part in (inner.region_shape_encoder, inner.position_embedding)
+                                         if part is not None]
     return {
         "vision_tower": [inner.vision_tower],
-        "feature_refiner": [inner.feature_refiner],
+        "feature_refiner": spatial,
         "connector": connectors,
         "language_model": [inner.language_model, model.lm_head],
     }
@@ -143,8 +147,9 @@ def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
             (decay if param.ndim >= 2 else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": config.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
+    # foreach: one multi-tensor kernel per state update instead of a loop over parameters
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, betas=tuple(config.betas),
-                             eps=config.eps)
+                             eps=config.eps, foreach=True)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: OptimConfig, total_steps: int) -> LambdaLR:
