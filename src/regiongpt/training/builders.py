@@ -96,8 +96,9 @@ def build_model_and_processor(
         image_processor = llava15_image_processor(model_config.image_size)
     else:
         image_processor = square_image_processor(model_config.image_size)
+    system = {} if config.system_prompt is None else {"system_prompt": config.system_prompt}
     processor = RegionGPTProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                   image_seq_length=model_config.image_seq_length)
+                                   image_seq_length=model_config.image_seq_length, **system)
     return model, processor
 
 

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import yaml
 
+from regiongpt.data.sources import make_source, resolve_spec_paths
 from regiongpt.errors import InvalidInputError
 
 # Parameter groups a training stage can unfreeze (see builders.trainable_groups).
@@ -62,6 +63,9 @@ class ModelConfig:
     image_processor: Literal["square", "llava15"] = _doc(
         "Image transform for a preset: `square` (pad to square, resize to the model's image "
         "size) or `llava15` (LLaVA-1.5's pad, resize and centre crop).", default="square")
+    system_prompt: str | None = _doc(
+        "System prompt of the conversation template for a preset, saved with its processor "
+        "(null = LLaVA-1.5's; an empty string = none, shorter sequences for small models).", default=None)
 
 
 @dataclass
@@ -73,14 +77,51 @@ class TaskPhase:
 
 
 @dataclass
+class SourceConfig:
+    """One data source of the mixture with its options (a plain `READER:PATH` string takes the defaults)."""
+
+    source: str = _doc(
+        "`READER:PATH`: `native:FILE.jsonl`, `coco:INSTANCES.json`, `refcoco:ROOT:DATASET:SPLITBY` (e.g. "
+        "`refcoco:refer:refcocog:umd`), `vg:region_descriptions.json`, `llava:CONVERSATIONS.json` "
+        "(see docs/data.md).", default="")
+    images: str | None = _doc(
+        "Folder the data set's image file names are relative to (null = the reader's default: "
+        "docs/data.md).", default=None)
+    split: str | None = _doc(
+        "Keep only this split (comma-separated for several, e.g. `val,test`): refer-layout ref splits, "
+        "a COCO image's `split` field, a native sample's `split`, DenseCap splits for `vg`; null = all.",
+        default=None)
+    tasks: list[str] | None = _doc(
+        "Tasks to build from this source (`classify`, `label`, `brief`, `detailed`, `rec`, `relation`, "
+        "`existence`; `native` keeps only turns of these tasks); null = the reader's defaults (coco: "
+        "classify, brief, detailed, existence; refcoco: brief, rec; vg: brief; llava: chat; native: all).",
+        default=None)
+    weight: float = _doc(
+        "Mixture weight: the source contributes `weight` x its samples per epoch (2 = every sample "
+        "twice, 0.5 = a seeded half).", default=1.0)
+    seed: int = _doc("Seeds the prompt paraphrases, REC negatives and the weight's subset.", default=0)
+    max_samples: int | None = _doc("Use only the source's first N samples (before weighting).", default=None)
+    max_regions: int | None = _doc(
+        "At most N regions per image (referred regions kept first); null = all.", default=None)
+    rec_negatives: float = _doc(
+        "Fraction of REC questions asked with a phrase of another image whose category is absent, "
+        "answered \"No corresponding options found.\"", default=0.1)
+    strict: bool | None = _doc(
+        "Fail on the first malformed annotation instead of skipping it with a warning (null = "
+        "`data.strict`).", default=None)
+
+
+@dataclass
 class DataConfig:
     """Where samples come from and how conversations become packed, padded sequences."""
 
-    train: list[str] = _doc(
-        "Training sources, each `READER:PATH` (e.g. `native:world/native/train.jsonl`; a bare "
-        "`.jsonl` path means `native:`).", default_factory=list)
-    val: list[str] = _doc("Held-out sources for evaluation (same form); empty = no evaluation.",
-                          default_factory=list)
+    train: list[str | SourceConfig] = _doc(
+        "Training sources (the data mixture): each `READER:PATH` (e.g. `native:world/native/train.jsonl`, "
+        "`coco:instances.json`; a bare `.jsonl` path means `native:`) or a mapping `{source: READER:PATH, "
+        "images: DIR, split: S, tasks: [...], weight: W, ...}` (see `data.train[]` below and docs/data.md).",
+        default_factory=list)
+    val: list[str | SourceConfig] = _doc("Held-out sources for evaluation (same form); empty = no evaluation.",
+                                         default_factory=list)
     max_length: int = _doc(
         "Longest packed sequence in tokens (image and region placeholders included). A "
         "conversation that does not fit is split into several samples of whole turn pairs, "
@@ -101,7 +142,8 @@ class DataConfig:
     shuffle_turns: bool = _doc(
         "Shuffle the question-answer pairs within a conversation every epoch.", default=True)
     strict: bool = _doc(
-        "Fail on a missing or unreadable image instead of skipping it with a warning.", default=False)
+        "Fail on a missing or unreadable image (and on a malformed annotation entry) instead of skipping "
+        "it with a warning and a count.", default=False)
     max_samples: int | None = _doc("Use only the first N training samples (null = all).", default=None)
     num_workers: int = _doc("DataLoader worker processes (0 = load in the training process).",
                             default=0)
@@ -250,6 +292,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             try:
                 return _coerce(value, arg, key)
             except InvalidInputError as error:
+                if isinstance(value, dict) and dataclasses.is_dataclass(arg):
+                    raise  # a mapping meant for this section: its own error (e.g. an unknown key) says more
                 errors.append(error)
         raise errors[-1] if len(errors) == 1 else _bad_value(value, tp, key)
     if origin is Literal:
@@ -394,14 +438,25 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     _single_sources_as_lists(raw)
     config = _build(TrainingConfig, raw, "")
     validate_config(config)
+    _apply_data_strict(config.data)
     return config
 
 
+def _apply_data_strict(data: DataConfig) -> None:
+    """``data.strict: true`` makes every source strict whose own ``strict`` is null (strings included)."""
+    if not data.strict:
+        return
+    for key in ("train", "val"):
+        setattr(data, key, [SourceConfig(source=s, strict=True) if isinstance(s, str)
+                            else dataclasses.replace(s, strict=True) if s.strict is None else s
+                            for s in getattr(data, key)])
+
+
 def _single_sources_as_lists(raw: dict[str, Any]) -> None:
-    """``data.train: native:x.jsonl`` means a list of one source."""
+    """``data.train: native:x.jsonl`` (or one mapping) means a list of one source."""
     data = raw.get("data")
     for key in ("train", "val"):
-        if isinstance(data, dict) and isinstance(data.get(key), str):
+        if isinstance(data, dict) and isinstance(data.get(key), (str, dict)):
             data[key] = [data[key]]
 
 
@@ -415,12 +470,16 @@ def _resolve_file_paths(raw: dict[str, Any], folder: Path) -> None:
         return str(p if p.is_absolute() else (folder / p).resolve())
 
     def resolve_source(spec: Any) -> Any:
+        if isinstance(spec, dict):
+            spec = dict(spec)
+            if isinstance(spec.get("source"), str):
+                spec["source"] = resolve_spec_paths(spec["source"], resolve)
+            if isinstance(spec.get("images"), str):
+                spec["images"] = resolve(spec["images"])
+            return spec
         if not isinstance(spec, str):
             return spec
-        reader, sep, path = spec.partition(":")
-        if not sep or len(reader) == 1:
-            return resolve(spec)
-        return f"{reader}:{resolve(path)}"
+        return resolve_spec_paths(spec, resolve)
 
     data = raw.get("data")
     if isinstance(data, dict):
@@ -461,6 +520,14 @@ def validate_config(config: TrainingConfig) -> None:
         raise InvalidInputError("'train.resume' must be 'auto', 'never' or a checkpoint path")
     if not d.train:
         raise InvalidInputError("'data.train' is empty; give at least one source, e.g. native:world/native/train.jsonl")
+    from regiongpt.training.data import READERS  # the readers the recipe knows (imports torch: lazily)
+
+    for key in ("train", "val"):
+        for i, spec in enumerate(getattr(d, key)):
+            try:
+                make_source(spec, check_exists=False, known_readers=READERS)  # syntax and options; files are checked when read
+            except InvalidInputError as error:
+                raise InvalidInputError(f"'data.{key}[{i}]': {error}") from None
     for key, value in (("data.max_length", d.max_length), ("data.batch_size", d.batch_size),
                        ("optim.grad_accum", o.grad_accum), ("checkpoint.every_steps", config.checkpoint.every_steps),
                        ("checkpoint.keep_last", config.checkpoint.keep_last), ("eval.batch_size", config.eval.batch_size),
@@ -497,10 +564,15 @@ def config_reference_markdown() -> str:
         "`regiongpt.training.recipe`. `CONFIG` is a YAML file with the sections below; each",
         "`key=value` override uses a dotted key (`optim.lr=2e-5`, `train.trainable=[feature_refiner,connector]`,",
         "`model.text_overrides.hidden_size=64`) and a YAML value. Unknown keys are errors.",
-        "Paths written in a config file (`data.train`, `data.val`, `model.pretrained`, `train.output_dir`,",
-        "`train.resume`) are relative to that file's folder; paths given as overrides, to the current directory.",
+        "Paths written in a config file (`data.train`, `data.val` and their `images`, `model.pretrained`,",
+        "`train.output_dir`, `train.resume`) are relative to that file's folder; paths given as overrides, to the",
+        "current directory. Data sources and their options are described in `docs/data.md`.",
         "",
         "- `tiny.yaml`: a tiny model on a small synthetic world; trains on a CPU in seconds (tests use it).",
+        "- `regiongpt-7b-stage1.yaml`, `regiongpt-7b-stage2.yaml`, `regiongpt-7b-stage2-lora.yaml`: the paper's",
+        "  two stages (alignment, instruction tuning; full or LoRA) from a converted LLaVA-1.5-7B checkpoint on",
+        "  COCO, RefCOCOg, Visual Genome and LLaVA-Instruct (placeholder paths: override them).",
+        "- `tiny-stage1.yaml`, `tiny-stage2.yaml`: the same two-stage recipe at tiny scale on the synthetic world (CPU).",
         "",
         "Run folder (`train.output_dir`): `config.yaml` (the resolved config), `metrics.jsonl`",
         "(training and evaluation metrics, one JSON object per line; TensorBoard events in `tensorboard/`",
@@ -516,8 +588,13 @@ def config_reference_markdown() -> str:
         cls = _hints(TrainingConfig)[section.name]
         lines += [f"## `{section.name}`", "", (cls.__doc__ or "").strip(), ""]
         lines += _field_table(cls, section.name)
+        documented: dict[type, str] = {}
         for name, nested, many in _nested_dataclasses(cls):
             key = f"{section.name}.{name}" + ("[]" if many else "")
+            if nested in documented:
+                lines += ["", f"`{key}` ({'each entry' if many else 'when set'}): the same keys as `{documented[nested]}`."]
+                continue
+            documented[nested] = key
             lines += ["", f"`{key}` ({'each entry' if many else 'when set'}): {(nested.__doc__ or '').strip()}", ""]
             lines += _field_table(nested, key)
         lines.append("")
@@ -532,6 +609,8 @@ def _nested_dataclasses(cls: type) -> list[tuple[str, type, bool]]:
         many = typing.get_origin(tp) is list
         if many:
             tp = typing.get_args(tp)[0]
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):  # e.g. str or SourceConfig
+            tp = next((a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)), tp)
         if dataclasses.is_dataclass(tp):
             out.append((name, tp, many))
     return out
@@ -554,7 +633,7 @@ def _field_table(cls: type, prefix: str) -> list[str]:
 
 
 __all__ = [
-    "CheckpointConfig", "DataConfig", "EvalConfig", "LoraSettings", "ModelConfig", "OptimConfig",
+    "CheckpointConfig", "DataConfig", "EvalConfig", "LoraSettings", "ModelConfig", "OptimConfig", "SourceConfig",
     "TRAINABLE_GROUPS", "TaskPhase", "TrainConfig", "TrainingConfig", "apply_override",
     "config_reference_markdown", "load_config", "validate_config",
 ]

@@ -10,18 +10,21 @@ Data order is a pure function of the seed and the position in the sample stream 
 ``e`` is a seeded permutation), so the data position of a run is one integer and resuming
 replays exactly the batches an uninterrupted run would have seen.
 
-Readers: a source is written ``READER:PATH``; :data:`READERS` maps reader names to
-functions that yield native samples, so the COCO / RefCOCO / Visual Genome / LLaVA readers
-can plug in beside ``native``.
+Readers: a source is written ``READER:PATH`` (or, in a config, a mapping with ``source`` and
+options such as ``images``, ``split``, ``tasks``, ``weight``); :data:`READERS` maps reader
+names (``native``, ``coco``, ``refcoco``, ``vg``, ``llava``) to functions that yield native
+samples. ``docs/data.md`` documents every source.
 """
 
 from __future__ import annotations
 
-import difflib
+import dataclasses
 import random
 import re
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -31,7 +34,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 
-from regiongpt.data.native import NativeSample, read_native_jsonl
+from regiongpt.data.native import NativeSample
+from regiongpt.data.readers import read_coco, read_llava, read_native, read_refcoco, read_vg
+from regiongpt.data.sources import ReadReport, Source, make_source, origin, set_origin
 from regiongpt.errors import InvalidInputError
 
 IGNORE_INDEX = -100
@@ -42,42 +47,89 @@ _REGION_REFERENCE = re.compile(r"<region\d+>")
 
 
 # ----- sources -----------------------------------------------------------------------------------
-def read_native_source(path: Path) -> Iterator[NativeSample]:
+def read_native_source(source: Source, report: ReadReport) -> Iterator[NativeSample]:
     """The ``native`` reader: RegionGPT's JSON-lines format (validated line by line)."""
-    return read_native_jsonl(path)
+    return read_native(source, report)
 
 
-# Reader name -> function(path) yielding NativeSamples. Other formats add an entry here.
-READERS: MappingProxyType[str, Callable[[Path], Iterable[NativeSample]]] = MappingProxyType(
-    {"native": read_native_source}
-)
+# Reader name -> function(source, report) yielding NativeSamples: the one interface every format
+# implements (regiongpt.data.readers). A new format adds an entry here.
+READERS: MappingProxyType[str, Callable[[Source, ReadReport], Iterable[NativeSample]]] = MappingProxyType({
+    "native": read_native_source,
+    "coco": read_coco,
+    "refcoco": read_refcoco,
+    "vg": read_vg,
+    "llava": read_llava,
+})
+
+
+def resolve_source(spec: Any, check_exists: bool = True, **options: Any) -> Source:
+    """A :class:`~regiongpt.data.sources.Source` from ``READER:PATH``, a config entry (``source`` +
+    options) or a Source; ``options`` (``images``, ``split``, ...) override."""
+    return make_source(spec, check_exists=check_exists, known_readers=READERS, **options)
 
 
 def parse_source(spec: str) -> tuple[str, Path]:
     """``READER:PATH`` -> (reader name, resolved path); a bare ``*.jsonl`` path means ``native``."""
-    reader, sep, path = spec.partition(":")
-    if not sep or len(reader) == 1:  # no scheme (or a Windows drive letter)
-        reader, path = "native", spec
-    if reader not in READERS:
-        close = difflib.get_close_matches(reader, list(READERS), n=1)
-        hint = f" did you mean '{close[0]}'?" if close else ""
-        raise InvalidInputError(f"data source {spec!r}: unknown reader {reader!r};{hint} "
-                                f"available: {', '.join(READERS)} (write READER:PATH)")
-    resolved = Path(path).expanduser()
-    if not resolved.exists():
-        raise FileNotFoundError(2, "data source not found", str(resolved))
-    return reader, resolved
+    source = resolve_source(spec)
+    return source.reader, source.path
 
 
-def load_samples(specs: Sequence[str], max_samples: int | None = None) -> list[NativeSample]:
-    """All samples of the given sources, in order (at most ``max_samples``)."""
+def read_source(source: Source, report: ReadReport | None = None) -> Iterator[NativeSample]:
+    """The samples of one source, in file order (at most ``source.max_samples``), before weighting."""
+    report = report if report is not None else ReadReport(strict=source.strict)
+    samples = iter(READERS[source.reader](source, report))
+    return islice(samples, source.max_samples) if source.max_samples is not None else samples
+
+
+def weighted(samples: list[NativeSample], weight: float, seed: int, name: str) -> list[NativeSample]:
+    """A source's share of the mixture: ``weight`` x its samples per epoch.
+
+    The integer part repeats every sample (copies get ids ``ID~2``, ``ID~3``, ...); the fraction
+    takes a seeded subset (file order kept).
+    """
+    if weight == 1.0 or not samples:
+        return samples
+    whole, fraction = int(weight), weight - int(weight)
+    out = list(samples)
+    for copy in range(2, whole + 1):
+        out += [set_origin(dataclasses.replace(s, id=f"{s.id}~{copy}"), *origin(s)) for s in samples]
+    if whole == 0:
+        out = []
+    extra = round(fraction * len(samples))
+    if extra:
+        chosen = sorted(random.Random(f"weight:{seed}:{name}").sample(range(len(samples)), extra))
+        suffix = f"~{whole + 1}" if whole else ""
+        out += [set_origin(dataclasses.replace(samples[i], id=f"{samples[i].id}{suffix}"), *origin(samples[i]))
+                for i in chosen]
+    return out
+
+
+def load_samples(specs: Sequence[Any], max_samples: int | None = None, strict: bool | None = None,
+                 report: ReadReport | None = None) -> list[NativeSample]:
+    """All samples of the given sources (the mixture, weights applied), in order (at most ``max_samples``).
+
+    ``specs`` are ``READER:PATH`` strings or config entries with options. Malformed entries are
+    skipped with one warning naming the first few (file and index); with ``strict`` (default:
+    each source's own ``strict``) the first one raises :class:`InvalidInputError`.
+    """
     samples: list[NativeSample] = []
+    own_report = report is None
+    report = report if report is not None else ReadReport()
     for spec in specs:
-        reader, path = parse_source(spec)
-        for sample in READERS[reader](path):
-            if max_samples is not None and len(samples) >= max_samples:
-                return samples
-            samples.append(sample)
+        source = resolve_source(spec)
+        if strict is not None:
+            source = dataclasses.replace(source, strict=strict)
+        report.strict = source.strict
+        read = read_source(source, report)
+        if source.weight == 1.0 and max_samples is not None:
+            read = islice(read, max(0, max_samples - len(samples)))
+        samples += weighted(list(read), source.weight, source.seed, source.name)
+        if max_samples is not None and len(samples) >= max_samples:
+            samples = samples[:max_samples]
+            break
+    if own_report and report.problems:
+        warnings.warn(f"data: {report.summary()}; run `regiongpt data inspect SOURCE` for the full list", stacklevel=2)
     return samples
 
 
@@ -412,5 +464,6 @@ class RegionCollator:
 __all__ = [
     "Batch", "EvalBatchSampler", "PackedImage", "PackedSequence", "QAPair", "READERS", "RegionCollator",
     "RegionConversationDataset", "SampleKey", "SequenceLength", "SkippedSample", "StepBatchSampler", "TaskSchedule",
-    "answer_runs", "conversation_pairs", "load_samples", "pack_pairs", "pairs_to_turns", "parse_source",
+    "answer_runs", "conversation_pairs", "load_samples", "pack_pairs", "pairs_to_turns", "parse_source", "read_source",
+    "resolve_source", "weighted",
 ]
