@@ -185,10 +185,11 @@ def build_train_dataset(config: TrainingConfig, samples: Sequence[NativeSample],
     d = config.data
     dataset = RegionConversationDataset(samples, processor, d.max_length, seed=config.train.seed,
                                         shuffle_turns=d.shuffle_turns, strict=d.strict)
-    present = dataset.tasks_present()
-    check_tasks(d.tasks, present, "data.tasks")
-    for i, phase in enumerate(d.task_schedule):
-        check_tasks(phase.tasks, present, f"data.task_schedule[{i}].tasks")
+    if not dataset.streamed:  # streamed data is not read ahead: a task of a later sample would be missed
+        present = dataset.tasks_present()
+        check_tasks(d.tasks, present, "data.tasks")
+        for i, phase in enumerate(d.task_schedule):
+            check_tasks(phase.tasks, present, f"data.task_schedule[{i}].tasks")
     return dataset
 
 
@@ -198,11 +199,14 @@ def task_schedule(config: DataConfig) -> TaskSchedule:
 
 
 def build_train_loader(dataset: RegionConversationDataset, processor: RegionGPTProcessor, config: TrainingConfig,
-                       start_micro: int, total_micro: int) -> DataLoader:
-    """Micro-batches ``start_micro .. total_micro - 1`` of the run's deterministic sample stream."""
+                       start_micro: int, total_micro: int, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """Micro-batches ``start_micro .. total_micro - 1`` of the run's deterministic sample stream
+    (with ``world_size`` ranks: this rank's share of them, every ``world_size``-th)."""
     d = config.data
-    sampler = StepBatchSampler(len(dataset), d.batch_size, config.optim.grad_accum, config.train.seed, d.shuffle,
-                               task_schedule(d), start_micro, total_micro)
+    lengths = dataset.text_lengths() if d.group_by_length else None
+    sampler = StepBatchSampler(len(dataset), d.batch_size, config.optim.grad_accum * world_size, config.train.seed,
+                               d.shuffle, task_schedule(d), start_micro, total_micro, rank=rank,
+                               world_size=world_size, lengths=lengths)
     # Its own generator, so creating the loader never draws from the global torch RNG.
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=RegionCollator(processor),
                       num_workers=d.num_workers, generator=torch.Generator().manual_seed(config.train.seed))

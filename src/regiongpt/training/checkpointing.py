@@ -5,6 +5,8 @@ Layout of one checkpoint, ``RUN/ckpt-000500/``::
     config.json, model.safetensors, *.py          save_pretrained (loads with AutoModelForImageTextToText)
     processor / tokenizer / image processor files  save_pretrained (loads with AutoProcessor)
     training_state.pt                              optimiser, scheduler, step, data position, RNG states
+    dcp/                                           (fsdp runs) model + optimiser shards, torch.distributed.checkpoint;
+                                                   the optimiser is then here, not in training_state.pt
     training_config.yaml                           the run's resolved training config
     lora_state.safetensors                         (LoRA runs) unmerged base weights + adapters
 
@@ -95,12 +97,31 @@ def save_checkpoint(run_dir: Path, step: int, write: Callable[[Path], None], kee
 
     ``write`` fills a temporary folder; it is synced to disk and renamed to ``ckpt-XXXXXX``.
     """
+    tmp = begin_checkpoint(run_dir, step)
+    write(tmp)
+    return commit_checkpoint(run_dir, step, keep_last)
+
+
+def temporary_path(run_dir: Path, step: int) -> Path:
+    """Where checkpoint ``step`` is written before it is renamed into place."""
     final = checkpoint_path(run_dir, step)
-    tmp = final.with_name(final.name + ".tmp")
+    return final.with_name(final.name + ".tmp")
+
+
+def begin_checkpoint(run_dir: Path, step: int) -> Path:
+    """An empty ``ckpt-XXXXXX.tmp/`` to write checkpoint ``step`` into (distributed runs: rank 0
+    creates it, every rank writes its shards, rank 0 commits after a barrier)."""
+    tmp = temporary_path(run_dir, step)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    write(tmp)
+    return tmp
+
+
+def commit_checkpoint(run_dir: Path, step: int, keep_last: int) -> Path:
+    """Sync the written ``.tmp`` folder, rename it to ``ckpt-XXXXXX`` and apply retention."""
+    final = checkpoint_path(run_dir, step)
+    tmp = temporary_path(run_dir, step)
     if not (tmp / STATE_FILE).is_file():
         raise RuntimeError(f"a checkpoint must contain {STATE_FILE}")
     _fsync_tree(tmp)
@@ -151,7 +172,8 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 __all__ = [
-    "CONFIG_FILE", "LORA_FILE", "STATE_FILE", "capture_rng_state", "checkpoint_path", "latest_checkpoint",
+    "CONFIG_FILE", "LORA_FILE", "STATE_FILE", "begin_checkpoint", "capture_rng_state", "checkpoint_path",
+    "commit_checkpoint", "latest_checkpoint", "temporary_path",
     "list_checkpoints", "load_training_state", "remove_partial_checkpoints", "restore_rng_state",
     "save_checkpoint", "save_training_state",
 ]

@@ -147,6 +147,15 @@ class DataConfig:
     max_samples: int | None = _doc("Use only the first N training samples (null = all).", default=None)
     num_workers: int = _doc("DataLoader worker processes (0 = load in the training process).",
                             default=0)
+    streaming: bool = _doc(
+        "Read the training data lazily: native JSON-lines sources are indexed by line byte offsets and each "
+        "rank parses only the samples of its shard when it uses them (data sets larger than memory). Only "
+        "`native` sources without `split`, `tasks`, `weight` or `max_regions`; task names are not checked "
+        "ahead.", default=False)
+    group_by_length: bool = _doc(
+        "Length-grouped batching: each epoch's shuffled order is cut into windows of 64 micro-batches, each "
+        "sorted by conversation length, so a micro-batch holds samples of similar length (less padding). "
+        "Still a pure function of the seed and the epoch.", default=False)
 
 
 @dataclass
@@ -205,6 +214,16 @@ class TrainConfig:
         "`auto`: continue from the newest complete checkpoint in `output_dir` (if any); "
         "`never`: start fresh (fails if the folder has checkpoints); or a checkpoint path.",
         default="auto")
+    distributed: Literal["none", "ddp", "fsdp"] = _doc(
+        "Many processes (start with `torchrun --nproc_per_node N -m regiongpt.cli.main train ...`; world size "
+        "and rank come from its environment; nccl on CUDA, gloo on CPU): `ddp` (DistributedDataParallel) or "
+        "`fsdp` (FSDP2 `fully_shard` per decoder and vision layer, bf16 compute with `train.dtype: bf16`, "
+        "sharded DCP checkpoints). `data.batch_size` is per rank: the global batch is `data.batch_size` x "
+        "ranks x `optim.grad_accum`, in the sample order one process with `optim.grad_accum` x ranks would "
+        "use (docs/distributed.md).", default="none")
+    activation_checkpointing: bool = _doc(
+        "Recompute each decoder layer's activations in the backward pass (torch `checkpoint_wrapper`): "
+        "less memory, ~1/3 more compute.", default=False)
     log_every: int = _doc("Write training metrics every N steps.", default=1)
     progress: bool = _doc("Show a tqdm progress bar.", default=True)
 
@@ -516,6 +535,8 @@ def validate_config(config: TrainingConfig) -> None:
         raise InvalidInputError(
             "'train.lora' keeps the language model's base weights frozen; remove 'language_model' from "
             "'train.trainable' (LoRA) or set 'train.lora: null' (full fine-tuning)")
+    if t.distributed == "fsdp" and t.lora is not None:
+        raise InvalidInputError("'train.lora' is not supported with 'train.distributed: fsdp'; use ddp for LoRA")
     if t.resume not in ("auto", "never") and not t.resume:
         raise InvalidInputError("'train.resume' must be 'auto', 'never' or a checkpoint path")
     if not d.train:

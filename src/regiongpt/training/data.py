@@ -19,6 +19,7 @@ samples. ``docs/data.md`` documents every source.
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 import re
 import warnings
@@ -131,6 +132,96 @@ def load_samples(specs: Sequence[Any], max_samples: int | None = None, strict: b
     if own_report and report.problems:
         warnings.warn(f"data: {report.summary()}; run `regiongpt data inspect SOURCE` for the full list", stacklevel=2)
     return samples
+
+
+# ----- streaming ---------------------------------------------------------------------------------
+def line_offsets(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Byte offsets (start, end) of the non-empty lines of a JSON-lines file, without parsing them."""
+    starts, ends = [], []
+    position = 0
+    with open(path, "rb") as handle:
+        for line in handle:
+            if line.strip():
+                starts.append(position)
+                ends.append(position + len(line))
+            position += len(line)
+    return np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64)
+
+
+class StreamedNativeSamples(Sequence[NativeSample]):
+    """Native JSON-lines samples read on demand by byte offset (``data.streaming``).
+
+    Opening scans the files once for line offsets (8 + 8 bytes a sample, no JSON parsing);
+    ``self[i]`` seeks to line ``i`` and parses only it. A process (a rank, a DataLoader
+    worker) thus holds just the index and reads only the samples its shard asks for, so a
+    data set larger than memory trains. A malformed line raises
+    :class:`InvalidInputError` when it is read (the dataset skips it, or fails when strict).
+    """
+
+    def __init__(self, sources: Sequence[Source], max_samples: int | None = None):
+        self.paths = [s.path for s in sources]
+        self.base_dirs = [(s.images or s.path.parent).resolve() for s in sources]
+        files, starts, ends = [], [], []
+        for f, source in enumerate(sources):
+            begin, end = line_offsets(source.path)
+            if source.max_samples is not None:
+                begin, end = begin[:source.max_samples], end[:source.max_samples]
+            files.append(np.full(len(begin), f, dtype=np.int32))
+            starts.append(begin)
+            ends.append(end)
+        self.file = np.concatenate(files) if files else np.zeros(0, dtype=np.int32)
+        self.start = np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
+        self.end = np.concatenate(ends) if ends else np.zeros(0, dtype=np.int64)
+        if max_samples is not None:
+            self.file, self.start, self.end = self.file[:max_samples], self.start[:max_samples], self.end[:max_samples]
+        self._handles: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    def __getitem__(self, index: int) -> NativeSample:  # type: ignore[override]
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        f = int(self.file[index])
+        handle = self._handles.get(f)
+        if handle is None:
+            handle = self._handles[f] = open(self.paths[f], "rb")
+        handle.seek(int(self.start[index]))
+        line = handle.read(int(self.end[index] - self.start[index]))
+        where = f"{self.paths[f]} (line at byte {int(self.start[index])})"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise InvalidInputError(f"{where}: not valid JSON ({error.msg})") from None
+        return set_origin(NativeSample.from_json(obj, where, self.base_dirs[f]), self.paths[f], int(self.start[index]))
+
+    def line_lengths(self) -> np.ndarray:
+        """Bytes of each sample's line: the length proxy of length-grouped batching."""
+        return self.end - self.start
+
+    def __getstate__(self) -> dict[str, Any]:  # DataLoader workers open their own files
+        return {**self.__dict__, "_handles": {}}
+
+
+def stream_samples(specs: Sequence[Any], max_samples: int | None = None) -> StreamedNativeSamples:
+    """The training sources as a :class:`StreamedNativeSamples` (``data.streaming``).
+
+    Only ``native`` sources without per-source filtering or weighting stream: those options
+    need every sample parsed before training.
+    """
+    sources = []
+    for spec in specs:
+        source = resolve_source(spec)
+        unsupported = [name for name, off in (("split", source.split is None), ("tasks", source.tasks is None),
+                                              ("weight", source.weight == 1.0),
+                                              ("max_regions", source.max_regions is None)) if not off]
+        if source.reader != "native" or unsupported:
+            raise InvalidInputError(
+                f"data.streaming reads native JSON lines lazily; {source.spec or source.path} is a "
+                f"{source.reader!r} source{' with ' + ', '.join(unsupported) if unsupported else ''}. Write it as "
+                "native JSON lines first (regiongpt.data.native.write_native_jsonl) or set data.streaming=false")
+        sources.append(source)
+    return StreamedNativeSamples(sources, max_samples)
 
 
 # ----- conversations -----------------------------------------------------------------------------
@@ -261,25 +352,40 @@ class RegionConversationDataset(Dataset):
 
     def __init__(self, samples: Sequence[NativeSample], processor: Any, max_length: int, seed: int = 0,
                  shuffle_turns: bool = False, strict: bool = False):
-        self.samples = list(samples)
+        self.streamed = isinstance(samples, StreamedNativeSamples)
+        self.samples = samples if self.streamed else list(samples)
         self.processor = processor
         self.max_length = max_length
         self.seed = seed
         self.shuffle_turns = shuffle_turns
         self.strict = strict
         self.length = SequenceLength(processor)
-        self._pairs = [conversation_pairs(s) for s in self.samples]
+        # Streamed samples are parsed when used; otherwise all conversations are split up front.
+        self._pairs = None if self.streamed else [conversation_pairs(s) for s in self.samples]
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def tasks_present(self) -> set[str]:
-        """Every task some turn of the data carries."""
-        return {p.task for pairs in self._pairs for p in pairs}
+    def text_lengths(self) -> list[int]:
+        """Characters of each sample's conversation: the cheap length that length-grouped
+        batching sorts by (the image's tokens are the same for every sample)."""
+        if self._pairs is None:
+            return self.samples.line_lengths().tolist()
+        return [sum(len(p.question) + len(p.answer) for p in pairs) for pairs in self._pairs]
 
-    def pairs_for(self, key: SampleKey) -> list[QAPair]:
+    def tasks_present(self) -> set[str]:
+        """Every task some turn of the data carries (streamed data: of its first 1,000 samples)."""
+        pairs = self._pairs if self._pairs is not None else (
+            conversation_pairs(self.samples[i]) for i in range(min(1000, len(self.samples))))
+        return {p.task for sample_pairs in pairs for p in sample_pairs}
+
+    def pairs_for(self, key: SampleKey, sample: NativeSample | None = None) -> list[QAPair]:
         """The sample's pairs for ``key``: filtered to its tasks, shuffled per epoch when enabled."""
-        pairs = [p for p in self._pairs[key.index] if key.tasks is None or p.task in key.tasks]
+        if self._pairs is not None:
+            all_pairs = self._pairs[key.index]
+        else:
+            all_pairs = conversation_pairs(sample if sample is not None else self.samples[key.index])
+        pairs = [p for p in all_pairs if key.tasks is None or p.task in key.tasks]
         if self.shuffle_turns:
             random.Random(f"turns:{self.seed}:{key.epoch}:{key.index}").shuffle(pairs)
         return pairs
@@ -287,8 +393,13 @@ class RegionConversationDataset(Dataset):
     def __getitem__(self, key: SampleKey | int) -> PackedImage | SkippedSample:
         if isinstance(key, int):
             key = SampleKey(key)
-        sample = self.samples[key.index]
-        pairs = self.pairs_for(key)
+        try:
+            sample = self.samples[key.index]
+            pairs = self.pairs_for(key, sample)
+        except InvalidInputError as error:  # a malformed streamed line
+            if self.strict:
+                raise
+            return SkippedSample(f"#{key.index}", str(error))
         if not pairs:
             return SkippedSample(sample.id, "no turns of the selected tasks")
         groups, dropped = pack_pairs(pairs, self.length, self.max_length)
@@ -332,27 +443,50 @@ class StepBatchSampler(Sampler[list[SampleKey]]):
     Micro-batch ``m`` takes stream positions ``m*B .. m*B+B-1``; position ``p`` is sample
     ``perm_e[p mod N]`` of epoch ``e = p // N`` (``perm_e`` a seeded permutation, or the
     identity without shuffling). Optimiser step = ``m // grad_accum``.
+
+    With ``world_size`` W > 1 (distributed training) ``grad_accum`` counts the micro-batches
+    of a step over all ranks, and rank ``r`` yields only the micro-batches ``m % W == r``:
+    each rank reads its own shard of the one global stream.
+
+    With ``lengths`` (length-grouped batching) each epoch's permutation is cut into windows
+    of ``LENGTH_WINDOW`` micro-batches and each window is sorted by length, longest first, so
+    a micro-batch holds samples of similar length (less padding); the order is still a pure
+    function of the seed and the epoch.
     """
 
+    LENGTH_WINDOW = 64  # micro-batches per length-sorted window
+
     def __init__(self, n_samples: int, batch_size: int, grad_accum: int, seed: int, shuffle: bool,
-                 schedule: TaskSchedule, start: int, stop: int):
+                 schedule: TaskSchedule, start: int, stop: int, rank: int = 0, world_size: int = 1,
+                 lengths: Sequence[int] | None = None):
         if n_samples < 1:
             raise InvalidInputError("the training data has no samples")
         self.n, self.batch_size, self.grad_accum = n_samples, batch_size, grad_accum
         self.seed, self.shuffle, self.schedule = seed, shuffle, schedule
         self.start, self.stop = start, stop
+        self.rank, self.world_size = rank, world_size
+        self.lengths = np.asarray(lengths) if lengths is not None else None
         self._orders: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
-        return max(0, self.stop - self.start)
+        return len(range(self._first(), self.stop, self.world_size))
+
+    def _first(self) -> int:
+        """This rank's first micro-batch at or after ``start``."""
+        return self.start + (self.rank - self.start) % self.world_size
 
     def order(self, epoch: int) -> np.ndarray:
         """The sample order of ``epoch`` (cached: the latest two epochs)."""
         if epoch not in self._orders:
             if len(self._orders) > 1:
                 self._orders.pop(min(self._orders))
-            self._orders[epoch] = (np.random.default_rng([self.seed, epoch]).permutation(self.n)
-                                   if self.shuffle else np.arange(self.n))
+            order = (np.random.default_rng([self.seed, epoch]).permutation(self.n)
+                     if self.shuffle else np.arange(self.n))
+            if self.lengths is not None:
+                window = self.LENGTH_WINDOW * self.batch_size
+                order = np.concatenate([chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+                                        for chunk in np.split(order, range(window, self.n, window))])
+            self._orders[epoch] = order
         return self._orders[epoch]
 
     def keys(self, micro: int) -> list[SampleKey]:
@@ -364,7 +498,7 @@ class StepBatchSampler(Sampler[list[SampleKey]]):
         return keys
 
     def __iter__(self) -> Iterator[list[SampleKey]]:
-        for micro in range(self.start, self.stop):
+        for micro in range(self._first(), self.stop, self.world_size):
             yield self.keys(micro)
 
 
@@ -464,6 +598,6 @@ class RegionCollator:
 __all__ = [
     "Batch", "EvalBatchSampler", "PackedImage", "PackedSequence", "QAPair", "READERS", "RegionCollator",
     "RegionConversationDataset", "SampleKey", "SequenceLength", "SkippedSample", "StepBatchSampler", "TaskSchedule",
-    "answer_runs", "conversation_pairs", "load_samples", "pack_pairs", "pairs_to_turns", "parse_source", "read_source",
-    "resolve_source", "weighted",
+    "StreamedNativeSamples", "answer_runs", "conversation_pairs", "line_offsets", "load_samples", "pack_pairs",
+    "pairs_to_turns", "parse_source", "read_source", "resolve_source", "stream_samples", "weighted",
 ]

@@ -9,6 +9,11 @@
 Everything configurable reaches this file through the builders (``builders.py``); the
 loop itself is plain PyTorch. Resuming restores the model, optimiser, scheduler, data
 position and RNG states, so an interrupted run continues exactly as if it had never stopped.
+
+The same recipe runs on many processes under ``torchrun`` (``train.distributed``: ddp or
+fsdp; ``distributed.py`` holds the process group, wrapping, collectives and DCP): each rank
+reads its shard of the one sample stream, the loss is normalised by the step's global token
+count, and only rank 0 logs and writes the run folder's files.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from tqdm import tqdm
 from regiongpt.errors import InvalidInputError
 
 from . import checkpointing as ckpt
+from . import distributed
 from .builders import (
     build_eval_loader,
     build_model_and_processor,
@@ -40,7 +46,7 @@ from .builders import (
     load_model_and_processor,
 )
 from .config import TrainingConfig
-from .data import Batch, load_samples
+from .data import Batch, load_samples, stream_samples
 from .lora import load_lora_state, merged_state_dict, save_lora_state
 from .metrics import AnswerAccuracy, MetricsWriter, StepLog, answer_loss_sum
 
@@ -95,53 +101,67 @@ class TrainingRecipe:
         self.config = config
         self.run_dir = Path(config.train.output_dir).resolve()
         self.device = resolve_device(config.train.device)
+        self.dist = distributed.DistEnv()  # one process until setup() joins the torchrun group
         self.step = 0  # optimiser steps done
         self.micro_batches = 0  # data position: micro-batches consumed from the sample stream
         self.skipped_samples = 0
         self.dropped_pairs = 0
         self.last_eval: dict[str, float] = {}
+        self._last_batch: Batch | None = None  # distributed: what an empty micro-batch stands in with
 
     # ----- setup ------------------------------------------------------------------------------------
     def setup(self) -> None:
         """Build everything, from a checkpoint when resuming, else from the config."""
         cfg = self.config
+        self.dist = distributed.init(cfg.train.distributed, self.device.type)
+        self.device = distributed.rank_device(self.device, self.dist)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         resume_from = self._checkpoint_to_resume()
         seed_everything(cfg.train.seed)
 
-        self.train_samples = load_samples(cfg.data.train, cfg.data.max_samples)
+        read = stream_samples if cfg.data.streaming else load_samples  # streaming: an index, parsed on use
+        self.train_samples = read(cfg.data.train, cfg.data.max_samples)
         if not self.train_samples:
             raise InvalidInputError(f"data.train {cfg.data.train} has no samples")
         if resume_from is not None:
             self.model, self.processor = load_model_and_processor(resume_from)
         else:
             self.model, self.processor = build_model_and_processor(cfg.model, self.train_samples, cfg.train.seed)
+        distributed.check_same(self.dist, sorted(self.processor.tokenizer.get_vocab().items()), "tokenizer vocabulary")
         self.trainable = configure_trainable(self.model, cfg.train)
         if resume_from is not None and cfg.train.lora is not None:
             load_lora_state(self.model, resume_from / ckpt.LORA_FILE)
         self.model.to(self.device)
+        if cfg.train.activation_checkpointing:
+            distributed.apply_activation_checkpointing(self.model)
+        # What the loop calls: the model, its DDP wrapper, or the model sharded in place (FSDP2).
+        self.wrapped = distributed.wrap(self.model, self.dist, self.device, bf16=cfg.train.dtype == "bf16")
 
         self.train_dataset = build_train_dataset(cfg, self.train_samples, self.processor)
         self.eval_loader = build_eval_loader(cfg, self.processor)
-        per_step = cfg.data.batch_size * cfg.optim.grad_accum
+        per_step = self._global_batch()
         self.total_steps = cfg.train.max_steps or max(1, int(np.ceil(cfg.train.epochs * len(self.train_samples) / per_step)))
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.total_steps)
 
-        self.metrics = MetricsWriter(self.run_dir)
-        self.sample_log = StepLog(self.run_dir / "samples.jsonl")
+        main = self.dist.is_main  # only rank 0 writes logs
+        self.metrics = MetricsWriter(self.run_dir) if main else distributed.Discard()
+        self.sample_log = StepLog(self.run_dir / "samples.jsonl") if main else distributed.Discard()
         if resume_from is not None:
             self._load_training_state(resume_from)
         # Logs past the resume point (or of a run killed before its first checkpoint) are replayed.
         self.metrics.log.truncate(self.step)
         self.sample_log.truncate(self.step)
-        self._write_run_config()
+        if main:
+            self._write_run_config()
 
     def _checkpoint_to_resume(self) -> Path | None:
         """``train.resume``: auto (newest complete checkpoint, if any), never, or a path."""
         resume = self.config.train.resume
-        for partial in ckpt.remove_partial_checkpoints(self.run_dir):
-            warnings.warn(f"removed an incomplete checkpoint left by an interrupted run: {partial}", stacklevel=2)
+        if self.dist.is_main:
+            for partial in ckpt.remove_partial_checkpoints(self.run_dir):
+                warnings.warn(f"removed an incomplete checkpoint left by an interrupted run: {partial}", stacklevel=2)
+        distributed.barrier(self.dist)
         if resume == "never":
             if ckpt.list_checkpoints(self.run_dir):
                 raise InvalidInputError(f"{self.run_dir} already has checkpoints and train.resume is 'never'; "
@@ -172,12 +192,14 @@ class TrainingRecipe:
         Returns the last training metrics and the last evaluation's.
         """
         cfg = self.config
-        accum = cfg.optim.grad_accum
-        loader = build_train_loader(self.train_dataset, self.processor, cfg, self.micro_batches, self.total_steps * accum)
+        accum, world = cfg.optim.grad_accum, self.dist.world_size
+        # micro_batches counts the global stream's micro-batches; this rank reads every world-th.
+        loader = build_train_loader(self.train_dataset, self.processor, cfg, self.micro_batches,
+                                    self.total_steps * accum * world, self.dist.rank, world)
         batches = iter(loader)
         self.model.train()
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", file=sys.stderr,
-                   disable=not cfg.train.progress, dynamic_ncols=True)
+                   disable=not (cfg.train.progress and self.dist.is_main), dynamic_ncols=True)
         last: dict[str, float] = {}
         try:
             while self.step < self.total_steps:
@@ -185,13 +207,15 @@ class TrainingRecipe:
                 micro = [next(batches) for _ in range(accum)]
                 last = self.train_step(micro)
                 self.step += 1
-                self.micro_batches += accum
-                self.sample_log.append({"step": self.step,
-                                        "sequences": [i for b in micro for i in b.sequence_ids],
-                                        "skipped": [s.sample_id for b in micro for s in b.skipped]})
+                self.micro_batches += accum * world
+                # Every rank's micro-batches, in the global stream's order (as one process logs them).
+                consumed = distributed.interleave_micro(distributed.all_gather(
+                    self.dist, [(b.sequence_ids, [s.sample_id for s in b.skipped]) for b in micro]))
+                self.sample_log.append({"step": self.step, "sequences": [i for ids, _ in consumed for i in ids],
+                                        "skipped": [i for _, skipped in consumed for i in skipped]})
                 seconds = time.perf_counter() - started
                 last["epoch"] = self.micro_batches * cfg.data.batch_size / len(self.train_samples)
-                last["samples_per_s"] = sum(b.n_images for b in micro) / seconds
+                last["samples_per_s"] = last.pop("images") / seconds
                 last["tokens_per_s"] = last.pop("tokens") / seconds
                 if self.step % cfg.train.log_every == 0 or self.step == self.total_steps:
                     self.metrics.write(self.step, "train", last)
@@ -221,9 +245,11 @@ class TrainingRecipe:
         return contextlib.nullcontext()
 
     def train_step(self, micro: list[Batch]) -> dict[str, float]:
-        """One optimiser step over ``grad_accum`` micro-batches; the loss is the mean over all
-        learned tokens of the step (so accumulation equals one large batch)."""
-        n_tokens = sum(int((b.inputs["labels"][:, 1:] != -100).sum()) for b in micro if not b.empty)
+        """One optimiser step over ``grad_accum`` micro-batches (on each rank); the loss is the mean
+        over all learned tokens of the step on all ranks (so accumulation and more ranks equal one
+        large batch)."""
+        local_tokens = sum(int((b.inputs["labels"][:, 1:] != -100).sum()) for b in micro if not b.empty)
+        n_tokens = int(distributed.all_sum(self.dist, [local_tokens])[0])
         for b in micro:
             self.skipped_samples += len(b.skipped)
             self.dropped_pairs += b.dropped_pairs
@@ -232,33 +258,54 @@ class TrainingRecipe:
         self.optimizer.zero_grad(set_to_none=True)
         accuracy = AnswerAccuracy()
         loss_sum, tokens = 0.0, 0
-        for b in micro:
-            if b.empty or n_tokens == 0:
-                continue
+        scale = distributed.loss_scale(self.dist) / max(1, n_tokens)
+        for i, b in enumerate(micro):
+            if n_tokens == 0:
+                break
+            weight = 1.0
+            if b.empty:
+                if not self.dist.enabled:
+                    continue
+                b, weight = self._stand_in(), 0.0  # every rank must join each forward and backward
             b.to(self.device)
             labels = b.inputs["labels"]
-            with self._autocast():
-                logits = self.model(**{k: v for k, v in b.inputs.items() if k != "labels"}).logits
-            loss = answer_loss_sum(logits, labels)
-            (loss / n_tokens).backward()
-            loss_sum += float(loss.detach())
-            tokens += int(b.inputs["attention_mask"].sum())
-            accuracy.update(logits.detach(), labels, b.answer_index, b.answer_tasks)
+            with distributed.gradient_sync(self.wrapped, self.dist, sync=i == len(micro) - 1):
+                with self._autocast():
+                    # no KV cache in training (activation checkpointing recomputes layers; a cache would grow)
+                    inputs = {k: v for k, v in b.inputs.items() if k != "labels"}
+                    logits = self.wrapped(**inputs, use_cache=False).logits
+                loss = answer_loss_sum(logits, labels)
+                (loss * (weight * scale)).backward()
+            if weight:
+                self._last_batch = b
+                loss_sum += float(loss.detach())
+                tokens += int(b.inputs["attention_mask"].sum())
+                accuracy.update(logits.detach(), labels, b.answer_index, b.answer_tasks)
         params = [p for p in self.model.parameters() if p.requires_grad]
         if n_tokens:
             max_norm = self.config.optim.max_grad_norm
             grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm is not None else float("inf"))
+            grad_norm = distributed.plain_tensor(grad_norm)
             self.optimizer.step()
         else:
             warnings.warn(f"step {self.step + 1}: no learned tokens in the batch; no update", stacklevel=2)
             grad_norm = torch.tensor(0.0)
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
-        acc = accuracy.compute()
+        loss_sum, tokens, sequences, images = distributed.all_sum(self.dist, [
+            loss_sum, tokens, sum(len(b.sequence_ids) for b in micro), sum(b.n_images for b in micro)])
+        acc = distributed.merge_accuracy(self.dist, accuracy).compute()
         return {"loss": loss_sum / max(1, n_tokens), "lr": lr, "grad_norm": float(grad_norm),
                 "token_acc": acc.get("all/token_acc", 0.0), "exact_match": acc.get("all/exact_match", 0.0),
-                "answer_tokens": n_tokens, "sequences": sum(len(b.sequence_ids) for b in micro),
-                "tokens": tokens}
+                "answer_tokens": n_tokens, "sequences": int(sequences), "tokens": int(tokens), "images": int(images)}
+
+    def _stand_in(self) -> Batch:
+        """The batch a rank computes with weight 0 when its own micro-batch is empty (all samples
+        skipped): the ranks' collectives must match, so every rank runs every forward/backward."""
+        if self._last_batch is None:
+            raise InvalidInputError("a rank's first micro-batch has no usable sample (all skipped); "
+                                    "fix or drop the unreadable samples (data.strict=true names them)")
+        return self._last_batch
 
     # ----- evaluation ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -287,8 +334,9 @@ class TrainingRecipe:
         return results
 
     # ----- checkpoints --------------------------------------------------------------------------------
-    def training_state(self) -> dict[str, Any]:
-        """Everything besides the weights that resuming needs (tensors and plain values only)."""
+    def training_state(self, optimizer: bool = True) -> dict[str, Any]:
+        """Everything besides the weights that resuming needs (tensors and plain values only);
+        the optimiser's state is left out when it is saved sharded (``dcp/``)."""
         return {
             "version": STATE_VERSION,
             "step": self.step,
@@ -297,27 +345,49 @@ class TrainingRecipe:
             "samples_consumed": self.micro_batches * self.config.data.batch_size,
             "skipped_samples": self.skipped_samples,
             "dropped_pairs": self.dropped_pairs,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.optimizer.state_dict() if optimizer else None,
             "scheduler": self.scheduler.state_dict(),
-            "rng": ckpt.capture_rng_state(),
+            "rng": ckpt.capture_rng_state(),  # rank 0's
+            "world_size": self.dist.world_size,
+            "global_batch": self._global_batch(),
         }
 
-    def save_checkpoint(self) -> Path:
-        """Write ``ckpt-XXXXXX/`` atomically (a loadable HF model folder + training state)."""
-        cfg = self.config
+    def _global_batch(self) -> int:
+        """Images per optimiser step over all ranks."""
+        return self.config.data.batch_size * self.config.optim.grad_accum * self.dist.world_size
 
-        def write(folder: Path) -> None:
+    def save_checkpoint(self) -> Path:
+        """Write ``ckpt-XXXXXX/`` atomically (a loadable HF model folder + training state).
+
+        Distributed: rank 0 creates the ``.tmp`` folder; under FSDP every rank writes its model
+        and optimiser shards to ``dcp/`` and the full weights are gathered to rank 0; rank 0
+        writes the rest and renames the folder after all ranks are done.
+        """
+        cfg = self.config
+        sharded = self.dist.mode == "fsdp"
+        weights = distributed.full_model_state(self.model, self.dist) if sharded else None  # collective
+        if self.dist.is_main:
+            ckpt.begin_checkpoint(self.run_dir, self.step)
+        distributed.barrier(self.dist)
+        folder = ckpt.temporary_path(self.run_dir, self.step)
+        if sharded:
+            distributed.save_sharded(folder / distributed.DCP_FOLDER, self.model, self.optimizer)
+        if self.dist.is_main:
             with _quiet_transformers_progress():
                 if cfg.train.lora is not None:
                     self.model.save_pretrained(folder, state_dict=merged_state_dict(self.model))
                     save_lora_state(self.model, folder / ckpt.LORA_FILE)
                 else:
-                    self.model.save_pretrained(folder)
+                    with distributed.as_plain_class(self.model) as model:
+                        model.save_pretrained(folder, state_dict=weights)
                 self.processor.save_pretrained(folder)
             (folder / ckpt.CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
-            ckpt.save_training_state(folder / ckpt.STATE_FILE, self.training_state())
-
-        return ckpt.save_checkpoint(self.run_dir, self.step, write, cfg.checkpoint.keep_last)
+            ckpt.save_training_state(folder / ckpt.STATE_FILE, self.training_state(optimizer=not sharded))
+        distributed.barrier(self.dist)
+        if self.dist.is_main:
+            ckpt.commit_checkpoint(self.run_dir, self.step, cfg.checkpoint.keep_last)
+        distributed.barrier(self.dist)
+        return ckpt.checkpoint_path(self.run_dir, self.step)
 
     def _load_training_state(self, folder: Path) -> None:
         state = ckpt.load_training_state(folder / ckpt.STATE_FILE)
@@ -326,7 +396,13 @@ class TrainingRecipe:
         if state["total_steps"] != self.total_steps:
             warnings.warn(f"resuming a run planned for {state['total_steps']} steps with {self.total_steps}; "
                           "the learning-rate schedule changes", stacklevel=2)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("global_batch", self._global_batch()) != self._global_batch():
+            warnings.warn(f"resuming a run with {state['global_batch']} images per step with {self._global_batch()} "
+                          "(data.batch_size x processes x optim.grad_accum); the curve will differ", stacklevel=2)
+        if (folder / distributed.DCP_FOLDER).is_dir():  # sharded model + optimiser, resharded to this run
+            distributed.load_sharded(folder / distributed.DCP_FOLDER, self.model, self.optimizer)
+        else:
+            distributed.load_indexed_optimizer_state(self.model, self.optimizer, state["optimizer"], self.dist)
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
         self.micro_batches = int(state["micro_batches"])
