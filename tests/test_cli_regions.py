@@ -145,3 +145,12 @@ def test_batch_describe_folder_and_native(model_dir, tmp_path, scene, capsys):
     assert main(["describe", str(world / "native" / "train.jsonl"), "--output", str(tmp_path / "n.jsonl"),
                  "--model", str(model_dir), "--max-new-tokens", "2"]) == 0
     assert len((tmp_path / "n.jsonl").read_text().splitlines()) == 3
+
+
+def test_example_command_on_a_new_scene(model_dir, tmp_path, capsys):
+    out = tmp_path / "example"
+    assert main(["example", "--out", str(out), "--model", str(model_dir), "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert len(payload["regions"]) >= 3 and payload["ground"]["phrase"]
+    assert (out / "scene.png").exists() and (out / "answers.png").exists()
+    assert all(row["true_category"] for row in payload["regions"])

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from regiongpt.errors import USER_ERRORS
 
 # Sub-command modules, in the order `--help` lists them.
-COMMAND_MODULES = ("describe", "ground", "chat", "train", "eval", "synth", "convert", "data")
+COMMAND_MODULES = ("example", "describe", "ground", "chat", "train", "eval", "synth", "convert", "data")
 
 
 def build_parser() -> argparse.ArgumentParser:
