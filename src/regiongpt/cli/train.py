@@ -41,5 +41,6 @@ def run(args: argparse.Namespace) -> int:
     metrics = recipe.train()
     summary = {"run_dir": str(recipe.run_dir), "checkpoint": str(latest_checkpoint(recipe.run_dir)),
                "step": recipe.step, **{k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}}
-    print(json.dumps(summary), file=sys.stdout)
+    if recipe.dist.is_main:  # under torchrun, one summary line (rank 0's), not one per rank
+        print(json.dumps(summary), file=sys.stdout)
     return 0
