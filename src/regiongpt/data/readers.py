@@ -33,7 +33,7 @@ from PIL import Image, UnidentifiedImageError
 
 from regiongpt.data.coco import load_coco
 from regiongpt.data.native import IMAGE_TOKEN, NativeRegion, NativeSample, validate_sample_json
-from regiongpt.data.refer import resolve_refer_root, safe_load_pickle
+from regiongpt.data.refer import load_refer_files, resolve_refer_root
 from regiongpt.data.sources import DEFAULT_SPLIT_BY, REFER_DATASETS, ReadReport, Source, set_origin
 from regiongpt.data.tasks import (
     AnnotatedImage,
@@ -315,20 +315,8 @@ def read_refcoco(source: Source, report: ReadReport) -> Iterator[NativeSample]:
     root = resolve_refer_root(source.path, dataset)
     folder = root / dataset
     split_by = _refer_split_by(folder, dataset, source.split_by)
+    raw, instances = load_refer_files(folder, dataset, split_by)
     refs_file, instances_file = folder / f"refs({split_by}).p", folder / "instances.json"
-    for needed in (refs_file, instances_file):
-        if not needed.is_file():
-            raise InvalidInputError(f"{needed} does not exist; the refer layout needs {dataset}/refs(<splitBy>).p "
-                                    f"and {dataset}/instances.json under ROOT")
-    raw = safe_load_pickle(refs_file)
-    if not isinstance(raw, list):
-        raise InvalidInputError(f"{refs_file} must hold a list of refs, got {type(raw).__name__}")
-    try:
-        instances = json.loads(instances_file.read_text())
-    except json.JSONDecodeError as error:
-        raise InvalidInputError(f"{instances_file} is not valid JSON ({error})") from None
-    if not isinstance(instances, dict) or not {"images", "annotations"} <= set(instances):
-        raise InvalidInputError(f"{instances_file} is not COCO instances JSON (needs 'images' and 'annotations')")
     images_dir = source.images or default_refer_images(root)
     categories = _category_table(instances, instances_file, report)
     images = {i["id"]: i for i in instances["images"] if isinstance(i, dict) and "id" in i}

@@ -147,15 +147,8 @@ def resolve_refer_root(path: str | os.PathLike, dataset: str) -> Path:
                             f"{dataset}/refs(<splitBy>).p and {dataset}/instances.json")
 
 
-def load_refer(root: str | os.PathLike, dataset: str = "refcocog", split_by: str = "umd",
-               splits: Iterable[str] | None = None) -> ReferDataset:
-    """Read ``ROOT/<dataset>/refs(<split_by>).p`` and ``instances.json``; keep refs of ``splits``.
-
-    Refs keep the file's order. Every ref must point at an annotation and an image of the
-    instances file (else :class:`InvalidInputError` naming the ref).
-    """
-    root = resolve_refer_root(root, dataset)
-    folder = root / dataset
+def load_refer_files(folder: Path, dataset: str, split_by: str) -> tuple[list, dict]:
+    """The raw refs list and the instances JSON of ``folder`` (= ``ROOT/<dataset>``), checked."""
     refs_file = folder / f"refs({split_by}).p"
     instances_file = folder / "instances.json"
     for needed in (refs_file, instances_file):
@@ -173,6 +166,20 @@ def load_refer(root: str | os.PathLike, dataset: str = "refcocog", split_by: str
         raise InvalidInputError(f"{instances_file} is not valid JSON ({error})") from None
     if not isinstance(instances, dict) or not {"images", "annotations"} <= set(instances):
         raise InvalidInputError(f"{instances_file} is not COCO instances JSON (needs 'images' and 'annotations')")
+    return raw, instances
+
+
+def load_refer(root: str | os.PathLike, dataset: str = "refcocog", split_by: str = "umd",
+               splits: Iterable[str] | None = None) -> ReferDataset:
+    """Read ``ROOT/<dataset>/refs(<split_by>).p`` and ``instances.json``; keep refs of ``splits``.
+
+    Refs keep the file's order. Every ref must point at an annotation and an image of the
+    instances file (else :class:`InvalidInputError` naming the ref).
+    """
+    root = resolve_refer_root(root, dataset)
+    folder = root / dataset
+    raw, instances = load_refer_files(folder, dataset, split_by)
+    refs_file, instances_file = folder / f"refs({split_by}).p", folder / "instances.json"
     anns = {a["id"]: a for a in instances["annotations"]}
     images = {i["id"]: i for i in instances["images"]}
     categories = {c["id"]: c["name"] for c in instances.get("categories", [])}
