@@ -20,12 +20,12 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from regiongpt.data.files import atomic_open
 from regiongpt.errors import InvalidInputError
 
 SAMPLE_KEYS = frozenset({"id", "image", "width", "height", "source", "split", "regions", "conversations", "metadata"})
@@ -274,19 +274,11 @@ def write_native_jsonl(path: str | os.PathLike, samples: Iterable[NativeSample])
     """Validate and write samples atomically (temporary file, then rename); returns the count."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     count = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for sample in samples:
-                count += 1
-                obj = sample.to_json()
-                validate_sample_json(obj, f"{path}: sample {count} ({sample.id})")
-                handle.write(json.dumps(obj, ensure_ascii=False, separators=(", ", ": ")) + "\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "w", encoding="utf-8") as handle:
+        for sample in samples:
+            count += 1
+            obj = sample.to_json()
+            validate_sample_json(obj, f"{path}: sample {count} ({sample.id})")
+            handle.write(json.dumps(obj, ensure_ascii=False, separators=(", ", ": ")) + "\n")
     return count

@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from regiongpt.data.files import atomic_write_bytes
 from regiongpt.data.native import write_native_jsonl
 from regiongpt.data.synth.annotate import existence_negatives, existence_positives, present_pairs
 from regiongpt.data.synth.conversation import native_sample
@@ -52,20 +53,6 @@ MIN_SIDE = 64
 MAX_SIDE = 4096
 IMAGE_NAME = re.compile(r"^\d{6,}\.png$")
 REFS_FILE = "refs(umd).p"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _json_bytes(obj: Any) -> bytes:
