@@ -161,3 +161,22 @@ def test_resume_never_refuses_a_run_folder_with_checkpoints(world, tmp_path):
     make_recipe(world, tmp_path / "r", "train.max_steps=1", "data.val=[]").train()
     with pytest.raises(InvalidInputError, match="train.resume is 'never'"):
         make_recipe(world, tmp_path / "r", "train.max_steps=1", "data.val=[]", "train.resume=never")
+
+
+def test_region_pretraining_changes_only_the_region_path(world, tmp_path):
+    recipe = make_recipe(world, tmp_path / "pre", "train.region_pretrain_steps=3", "train.max_steps=1", "data.val=[]",
+                         "train.trainable=[feature_refiner,connector,language_model,vision_tower]",
+                         "model.overrides={region_shape_encoder: true}")
+    before = {n: p.detach().clone() for n, p in recipe.model.named_parameters()}
+    from regiongpt.training.region_pretrain import pretrain_region_path
+
+    losses = pretrain_region_path(recipe.model, recipe.processor, recipe.train_samples, 3, 1e-3, 2, 0, recipe.device)
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+    changed = {n for n, p in recipe.model.named_parameters() if not torch.equal(p, before[n])}
+    assert any(n.startswith("model.vision_tower.") for n in changed)
+    assert any(n.startswith("model.region_shape_encoder.") for n in changed)
+    assert not any(n.startswith(("model.language_model.", "lm_head", "model.connector.")) for n in changed)
+    # through the recipe: it runs before step 1 and is logged
+    recipe.train()
+    lines = [json.loads(line) for line in (tmp_path / "pre" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["split"] == "region_pretrain" and lines[0]["steps"] == 3

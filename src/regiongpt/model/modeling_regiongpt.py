@@ -134,14 +134,14 @@ class RegionGPTModel(RegionGPTPreTrainedModel):
         image_tokens = image_map.flatten(2).transpose(1, 2)  # (B, m*m, C)
         return VisionFeatures(image_embeds=self.connector(image_tokens), region_maps=refined, coarse_maps=coarse)
 
-    def encode_regions(
+    def pool_regions(
         self,
         vision: VisionFeatures,
         region_masks: torch.Tensor | None,  # (R, S, S) soft masks in model-input pixels
         region_image_index: torch.Tensor,  # (R,)
         region_boxes: torch.Tensor | None = None,  # (R, 4) xyxy in model-input pixels
-    ) -> torch.Tensor:  # (R, D)
-        """One embedding per region, pooled from its image's encoding."""
+    ) -> torch.Tensor:  # (R, C)
+        """One vision-width feature per region (before the connector)."""
         config = self.config
         region_image_index = region_image_index.to(vision.region_maps.device).long()
         if config.region_pooling == "roi_box":
@@ -159,6 +159,17 @@ class RegionGPTModel(RegionGPTPreTrainedModel):
             if region_masks is None:
                 raise ValueError("the region shape encoder needs region_masks (the processor provides them)")
             pooled = pooled + self.region_shape_encoder(region_masks.to(pooled.device)).to(pooled.dtype)
+        return pooled
+
+    def encode_regions(
+        self,
+        vision: VisionFeatures,
+        region_masks: torch.Tensor | None,
+        region_image_index: torch.Tensor,
+        region_boxes: torch.Tensor | None = None,
+    ) -> torch.Tensor:  # (R, D)
+        """One embedding per region in the language model's width, pooled from its image's encoding."""
+        pooled = self.pool_regions(vision, region_masks, region_image_index, region_boxes)
         connector = self.region_connector if self.region_connector is not None else self.connector
         return connector(pooled)
 

@@ -224,6 +224,13 @@ class TrainConfig:
     activation_checkpointing: bool = _doc(
         "Recompute each decoder layer's activations in the backward pass (torch `checkpoint_wrapper`): "
         "less memory, ~1/3 more compute.", default=False)
+    region_pretrain_steps: int = _doc(
+        "Before step 1 of a run from scratch: this many steps that train the region path (vision tower, "
+        "refinement, shape encoder) through a linear head on the training regions' categories, then "
+        "drop the head. A language model trained from scratch with region features that all look alike "
+        "learns the label prior and ignores them; a region path that already separates categories avoids "
+        "that (bench/demo_model.md). 0 = off.", default=0)
+    region_pretrain_lr: float = _doc("Learning rate of the region-path pretraining.", default=1.0e-3)
     log_every: int = _doc("Write training metrics every N steps.", default=1)
     progress: bool = _doc("Show a tqdm progress bar.", default=True)
 

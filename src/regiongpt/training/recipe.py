@@ -49,6 +49,7 @@ from .config import TrainingConfig
 from .data import Batch, load_samples, stream_samples
 from .lora import load_lora_state, merged_state_dict, save_lora_state
 from .metrics import AnswerAccuracy, MetricsWriter, StepLog, answer_loss_sum
+from .region_pretrain import pretrain_region_path
 
 STATE_VERSION = 1
 
@@ -192,6 +193,8 @@ class TrainingRecipe:
         Returns the last training metrics and the last evaluation's.
         """
         cfg = self.config
+        if self.step == 0 and cfg.train.region_pretrain_steps and cfg.model.pretrained is None:
+            self._pretrain_region_path()
         accum, world = cfg.optim.grad_accum, self.dist.world_size
         # micro_batches counts the global stream's micro-batches; this rank reads every world-th.
         loader = build_train_loader(self.train_dataset, self.processor, cfg, self.micro_batches,
@@ -238,6 +241,16 @@ class TrainingRecipe:
                           f"{self.dropped_pairs} turn pair(s) longer than data.max_length dropped; see samples.jsonl",
                           stacklevel=2)
         return {**last, **{f"val/{k}": v for k, v in self.last_eval.items()}}
+
+    def _pretrain_region_path(self) -> None:
+        """Optional stage 0 (``train.region_pretrain_steps``): see ``region_pretrain.py``."""
+        cfg = self.config
+        if self.dist.world_size > 1:
+            raise InvalidInputError("train.region_pretrain_steps runs in one process; start it without torchrun")
+        losses = pretrain_region_path(self.model, self.processor, self.train_samples, cfg.train.region_pretrain_steps,
+                                      cfg.train.region_pretrain_lr, cfg.data.batch_size, cfg.train.seed, self.device)
+        self.metrics.write(0, "region_pretrain", {"loss_first": losses[0], "loss_last": losses[-1],
+                                                  "steps": len(losses)})
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.config.train.dtype == "bf16":
