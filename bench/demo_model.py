@@ -53,13 +53,13 @@ def main() -> int:
                         help="use the newest checkpoint of an existing (possibly stopped) run in WORKDIR/run")
     parser.add_argument("train_overrides", nargs="*", help="extra key=value overrides for `regiongpt train`")
     args = parser.parse_args()
-    regiongpt = [sys.executable, "-m", "regiongpt.cli.main"]
+    cli = [sys.executable, "-m", "regiongpt.cli.main"]
     world, run_dir, eval_dir = args.workdir / "world", args.workdir / "run", args.workdir / "eval"
     times = {}
     if not (world / "meta.json").exists():
-        times["synth_s"] = run(regiongpt + ["synth", str(world), "--images", str(args.images), "--seed", str(args.seed),
+        times["synth_s"] = run(cli + ["synth", str(world), "--images", str(args.images), "--seed", str(args.seed),
                                             "--val-fraction", str(args.val_images / args.images), "--quiet", "--overwrite"])
-    train_command = regiongpt + ["train", "configs/demo.yaml", f"data.train=native:{world}/native/train.jsonl",
+    train_command = cli + ["train", "configs/demo.yaml", f"data.train=native:{world}/native/train.jsonl",
                                  f"data.val=native:{world}/native/val.jsonl", f"train.output_dir={run_dir}",
                                  "train.progress=false", "train.log_every=50", *args.train_overrides]
     if args.skip_train:
@@ -82,7 +82,7 @@ def main() -> int:
     processor.category_vocabulary = CLASSIFY_VOCABULARY
     processor.save_pretrained(checkpoint)
 
-    times["eval_s"] = run(regiongpt + ["eval", "synth", "--model", str(checkpoint), "--data", str(world),
+    times["eval_s"] = run(cli + ["eval", "synth", "--model", str(checkpoint), "--data", str(world),
                                        "--split", "val", "--out", str(eval_dir), "--overwrite", "--quiet"])
     results = json.loads((eval_dir / "results.json").read_text())
     if not args.no_export:
@@ -119,7 +119,7 @@ def write_report(args, train_command, times, results, size_mb) -> None:
     for key, value in sorted(metrics.items()):
         if isinstance(value, (int, float)):
             lines.append(f"| {key} | {value:.4f} |")
-    (ROOT / "bench" / "demo_model.md").write_text("\n".join(lines) + "\n")
+    (ROOT / "bench" / "demo_model_results.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

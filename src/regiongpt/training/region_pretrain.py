@@ -62,7 +62,7 @@ def pretrain_region_path(model: nn.Module, processor, samples: Sequence[NativeSa
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.detach().item())
     for param in params + list(head.parameters()):
         param.grad = None
     return losses

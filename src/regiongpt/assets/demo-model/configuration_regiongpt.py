@@ -1,0 +1,154 @@
+"""Configuration of a RegionGPT model: vision tower, feature refinement, patch merge, region
+pooling, connector and language model.
+
+Only the architecture lives here. What trains in which stage belongs to the training
+config, never to this one.
+
+This file travels beside saved checkpoints as remote code: it imports only transformers,
+torch and sibling files of this folder through relative imports.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from transformers import AutoConfig
+from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
+
+
+def default_vision_feature_dim(vision_config: PreTrainedConfig, feature_layer: int) -> int:
+    """Channels of the chosen vision feature layer: a ViT's width, or a CNN stage's channels."""
+    hidden_sizes = getattr(vision_config, "hidden_sizes", None)
+    if hidden_sizes:  # ConvNeXt / ResNet: hidden_states[0] is the stem, [i] is stage i.
+        stem = getattr(vision_config, "embedding_size", None) or hidden_sizes[0]
+        dims = [stem, *hidden_sizes]
+        return int(dims[feature_layer])
+    return int(vision_config.hidden_size)
+
+
+def default_vision_grid_size(vision_config: PreTrainedConfig, feature_layer: int) -> int:
+    """Side of the square feature grid the vision tower yields at its configured image size."""
+    image_size = getattr(vision_config, "image_size", None)
+    patch_size = getattr(vision_config, "patch_size", None)
+    hidden_sizes = getattr(vision_config, "hidden_sizes", None)
+    if hidden_sizes:
+        raise ValueError(
+            "set `vision_grid_size` in RegionGPTConfig for a convolutional vision tower: "
+            "it is the side of the feature map of the chosen stage at the model's input size"
+        )
+    if not image_size or not patch_size:
+        raise ValueError("set `vision_grid_size` in RegionGPTConfig: the vision config has no image_size/patch_size")
+    return int(image_size) // int(patch_size)
+
+
+class RegionGPTConfig(PreTrainedConfig):
+    r"""
+    Args:
+        vision_config: config of any transformers vision backbone that yields a patch grid
+            (CLIP/SigLIP vision, ConvNeXt, ResNet).
+        text_config: config of any transformers causal language model.
+        image_token_id / region_token_id: ids of the `<image>` and `<region>` placeholders.
+        image_seq_length: image tokens per image (= image_grid_size ** 2).
+        vision_feature_layer: hidden state of the vision tower to use (-2 as in LLaVA-1.5).
+        vision_feature_select_strategy: "default" drops a ViT's CLS token, "full" keeps all.
+        vision_feature_dim: channels of that layer (derived when None).
+        vision_grid_size: side of the vision feature grid (derived for ViTs when None).
+        image_size: side of the square image the model takes (derived from the vision config when None).
+        refine_factor: upsampling of the feature refinement module (power of 2; 1 = off).
+        refine_residual: True for our residual form (exact LLaVA behaviour at step 0),
+            False for the paper's reference form.
+        image_grid_size: side of the image-token grid after patch merge (None = vision grid).
+        region_pooling: "mask" (mask pooling on the refined map) or "roi_box" (ablation:
+            box RoI pooling on the coarse map).
+        roi_output_size: bins per side for "roi_box" pooling.
+        share_connector: image and region features share one connector MLP (paper) or not.
+        feature_position_embedding: add a learned (zero-initialised) position embedding to the
+            vision grid, so pooled region features know where they are. ViT features carry
+            position already; small CNN towers need it for spatial relations.
+        region_shape_encoder: add an encoding of each region's mask shape and box geometry
+            to its pooled feature (zero-initialised; for small models, see region_shape.py).
+        region_shape_size: side of the cropped mask the shape encoder reads.
+    """
+
+    model_type = "regiongpt"
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(
+            config_class=AutoConfig,
+            model_type="clip_vision_model",
+            init_kwargs={
+                "intermediate_size": 4096,
+                "hidden_size": 1024,
+                "patch_size": 14,
+                "image_size": 336,
+                "num_hidden_layers": 24,
+                "num_attention_heads": 16,
+                "projection_dim": 768,
+            },
+        ),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
+    }
+
+    vision_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    image_token_id: int = 32000
+    region_token_id: int = 32001
+    image_seq_length: int | None = None
+    vision_feature_layer: int = -2
+    vision_feature_select_strategy: Literal["default", "full"] = "default"
+    vision_feature_dim: int | None = None
+    vision_grid_size: int | None = None
+    image_size: int | None = None
+    refine_factor: int = 4
+    refine_residual: bool = True
+    image_grid_size: int | None = None
+    region_pooling: Literal["mask", "roi_box"] = "mask"
+    roi_output_size: int = 7
+    share_connector: bool = True
+    feature_position_embedding: bool = False
+    region_shape_encoder: bool = False
+    region_shape_size: int = 16
+    projector_hidden_act: str = "gelu"
+    multimodal_projector_bias: bool = True
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
+            self.tie_word_embeddings = self.text_config.tie_word_embeddings
+        if self.vision_feature_dim is None:
+            self.vision_feature_dim = default_vision_feature_dim(self.vision_config, self.vision_feature_layer)
+        if self.vision_grid_size is None:
+            self.vision_grid_size = default_vision_grid_size(self.vision_config, self.vision_feature_layer)
+        if self.image_size is None:
+            self.image_size = int(getattr(self.vision_config, "image_size", 0) or 0) or None
+        if self.image_grid_size is None:
+            self.image_grid_size = self.vision_grid_size
+        if self.image_seq_length is None:
+            self.image_seq_length = self.image_grid_size**2
+        self.validate_architecture()
+
+    def validate_architecture(self) -> None:
+        """Fail early, naming the field, on settings that cannot build a model."""
+        factor = int(self.refine_factor)
+        if factor < 1 or 2 ** round(math.log2(factor)) != factor:
+            raise ValueError(f"refine_factor must be 1 (off) or a power of 2, got {self.refine_factor}")
+        if self.region_pooling not in ("mask", "roi_box"):
+            raise ValueError(f"region_pooling must be 'mask' or 'roi_box', got {self.region_pooling!r}")
+        if self.vision_feature_select_strategy not in ("default", "full"):
+            raise ValueError(
+                f"vision_feature_select_strategy must be 'default' or 'full', got {self.vision_feature_select_strategy!r}"
+            )
+        if self.image_seq_length != self.image_grid_size**2:
+            raise ValueError(
+                f"image_seq_length ({self.image_seq_length}) must equal image_grid_size**2 ({self.image_grid_size**2})"
+            )
+        if self.image_grid_size > self.vision_grid_size * factor:
+            raise ValueError(
+                f"image_grid_size {self.image_grid_size} exceeds the refined grid {self.vision_grid_size * factor}"
+            )
+        if self.image_token_id == self.region_token_id:
+            raise ValueError("image_token_id and region_token_id must differ")
+
+
+__all__ = ["RegionGPTConfig"]

@@ -1,0 +1,34 @@
+"""Vision feature selection: any transformers vision backbone -> a (B, C, h, w) patch grid.
+
+ViTs (CLIP, SigLIP) give tokens (B, N, C): the CLS token is dropped ("default" strategy, as
+LLaVA-1.5) and the rest reshaped to the grid. CNNs (ConvNeXt, ResNet) give maps directly.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def select_feature_grid(
+    vision_tower: nn.Module,
+    pixel_values: torch.Tensor,  # (B, 3, H, W)
+    feature_layer: int,
+    select_strategy: str,
+    grid_size: int,
+) -> torch.Tensor:
+    """The chosen hidden state of ``vision_tower`` as a (B, C, grid, grid) map."""
+    outputs = vision_tower(pixel_values, output_hidden_states=True, return_dict=True)
+    hidden = outputs.hidden_states[feature_layer]
+    if hidden.ndim == 4:  # CNN stage output, already (B, C, h, w)
+        return hidden
+    if select_strategy == "default":
+        hidden = hidden[:, 1:]  # drop CLS
+    batch, tokens, channels = hidden.shape
+    if tokens != grid_size * grid_size:
+        raise ValueError(
+            f"the vision tower gave {tokens} patch tokens, expected a {grid_size}x{grid_size} grid; "
+            "check the image size against the model config (image_size / vision_grid_size)"
+        )
+    # (B, N, C) -> (B, C, h, w), row-major patches as ViTs lay them out.
+    return hidden.transpose(1, 2).reshape(batch, channels, grid_size, grid_size)
