@@ -54,6 +54,17 @@ def randomise_refiner(model, scale: float = 0.5) -> None:
             p.copy_(torch.randn_like(p) * scale)
 
 
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory, tokenizer):
+    """A tiny random model and its processor saved to a folder (what --model takes)."""
+    path = tmp_path_factory.mktemp("model")
+    model = make_model("tiny-clip-llama", tokenizer)
+    randomise_refiner(model)
+    model.save_pretrained(path)
+    make_processor(model, tokenizer).save_pretrained(path)
+    return path
+
+
 @pytest.fixture
 def tiny(tokenizer):
     model = make_model("tiny-clip-llama", tokenizer)

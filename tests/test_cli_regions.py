@@ -8,18 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_model, make_processor, randomise_refiner
 from regiongpt.cli.main import main
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tokenizer):
-    path = tmp_path_factory.mktemp("model")
-    model = make_model("tiny-clip-llama", tokenizer)
-    randomise_refiner(model)
-    model.save_pretrained(path)
-    make_processor(model, tokenizer).save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,6 @@ from regiongpt.evaluation.synth_suite import SynthSuite
 from regiongpt.inference.api import RegionAnswer, RegionGPT
 from regiongpt.processing.instructions import build_instruction
 
-from conftest import make_model, make_processor, randomise_refiner
 
 
 @pytest.fixture(scope="module")
@@ -32,16 +31,6 @@ def world(tmp_path_factory):
     out = tmp_path_factory.mktemp("world")
     write_world(out, images=4, seed=3, val_fraction=0.5, progress=False)
     return out
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tokenizer):
-    path = tmp_path_factory.mktemp("model")
-    model = make_model("tiny-clip-llama", tokenizer)
-    randomise_refiner(model)
-    model.save_pretrained(path)
-    make_processor(model, tokenizer).save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

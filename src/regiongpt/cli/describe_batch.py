@@ -18,6 +18,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from regiongpt.cli.common import check_inputs
 from regiongpt.errors import USER_ERRORS, InvalidInputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -102,7 +103,7 @@ def run_batch(model, args, cli_regions: list[Any] | None) -> int:
             lines, ready = [], []
             for job in batch:
                 try:
-                    model.processor.prepare_images([job.image], [job.regions])  # validate before batching
+                    check_inputs(job.image, job.regions)  # a bad image or region stays out of the batch
                     ready.append(job)
                 except (FileNotFoundError, *USER_ERRORS) as error:
                     failures += 1

@@ -154,8 +154,7 @@ class RegionGPT:
         if task == "classify" and return_scores:
             if not categories:
                 raise InvalidInputError("per-category scores need categories (pass categories=[...])")
-            prompts = [self._question_prompt(q) for q in questions]
-            options = [[self._answer_ids(prompt, name) for name in categories] for prompt in prompts]
+            options = [self._answer_ids(self._question_prompt(q), categories) for q in questions]
             for answer, row in zip(flat, self.engine.score(requests, options, visual)):
                 answer.category_scores = dict(zip(categories, row))
         out, position = [], 0
@@ -246,14 +245,17 @@ class RegionGPT:
         ids = [t for t in token_ids if t not in self.stop_token_ids]
         return self.processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
-    def _answer_ids(self, prompt: str, answer: str) -> list[int]:
-        """Token ids of an answer as they follow the prompt in the template (with the end token)."""
+    def _answer_ids(self, prompt: str, answers: Sequence[str]) -> list[list[int]]:
+        """Token ids of each answer as it follows the prompt in the template (with the end token)."""
         tokenizer = self.processor.tokenizer
-        full = tokenizer(f"{prompt} {answer}</s>", add_special_tokens=True)["input_ids"]
         head = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-        if full[: len(head)] != head:  # the tokenizer merged across the boundary: fall back
-            return tokenizer(f" {answer}</s>", add_special_tokens=False)["input_ids"]
-        return full[len(head):]
+        out = []
+        for answer in answers:
+            full = tokenizer(f"{prompt} {answer}</s>", add_special_tokens=True)["input_ids"]
+            if full[: len(head)] != head:  # the tokenizer merged across the boundary: fall back
+                full = head + tokenizer(f" {answer}</s>", add_special_tokens=False)["input_ids"]
+            out.append(full[len(head):])
+        return out
 
     def _stream_text(self, events) -> Iterator[str]:
         tokens: list[int] = []

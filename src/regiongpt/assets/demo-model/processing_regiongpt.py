@@ -143,8 +143,9 @@ class RegionGPTProcessor(ProcessorMixin):
         region_lists = self._per_sample([regions] if single else regions, n, "regions")
         span_lists = self._per_sample([target_spans] if single else target_spans, n, "target_spans")
 
-        pil_images, all_masks, all_boxes, image_index = [], [], [], []
-        region_offsets = []
+        # Check each sample's image placeholder; the images and their regions go through
+        # prepare_images in one call (regions of image 0 first, then image 1, ...).
+        images_with_regions, region_offsets, total = [], [], 0
         for i, (image, sample_regions) in enumerate(zip(image_list, region_lists)):
             n_image_refs = texts[i].count(self.image_token)
             if image is None:
@@ -152,20 +153,16 @@ class RegionGPTProcessor(ProcessorMixin):
                     raise ValueError(f"sample {i}: the text has {self.image_token} but no image was given")
                 if sample_regions:
                     raise InvalidRegionError(f"sample {i}: regions were given without an image")
-                region_offsets.append((len(all_masks), 0))
+                region_offsets.append((total, 0))
                 continue
             if n_image_refs != 1:
                 raise ValueError(
                     f"sample {i}: the text must contain {self.image_token} exactly once (found {n_image_refs})"
                 )
-            pil = load_image(image)
-            geometry = geometry_for(self.image_processor, (pil.height, pil.width))
-            prepared = prepare_regions(list(sample_regions or []), (pil.height, pil.width), geometry)
-            region_offsets.append((len(all_masks), len(prepared["masks"])))
-            all_masks.extend(prepared["masks"])
-            all_boxes.extend(prepared["boxes"])
-            image_index.extend([len(pil_images)] * len(prepared["masks"]))
-            pil_images.append(pil)
+            sample_regions = list(sample_regions or [])
+            images_with_regions.append((image, sample_regions))
+            region_offsets.append((total, len(sample_regions)))
+            total += len(sample_regions)
 
         expanded, spans, token_regions = [], [], []
         for i, sample_text in enumerate(texts):
@@ -184,22 +181,12 @@ class RegionGPTProcessor(ProcessorMixin):
             )
         self._check_region_tokens(data["input_ids"], token_regions)
         data["region_token_index"] = torch.tensor([k for refs in token_regions for k in refs], dtype=torch.long)
-        if pil_images:
-            pixel_values = self.image_processor(pil_images, return_tensors="pt")["pixel_values"]
-            data["pixel_values"] = pixel_values
-        out_size = tuple(data["pixel_values"].shape[-2:]) if pil_images else (0, 0)
-        data["region_masks"] = (
-            torch.from_numpy(np.stack(all_masks)).float() if all_masks else torch.zeros((0, *out_size))
-        )
-        data["region_boxes"] = (
-            torch.from_numpy(np.stack(all_boxes)).float() if all_boxes else torch.zeros((0, 4))
-        )
-        data["region_image_index"] = torch.tensor(image_index, dtype=torch.long)
-        if all_masks and tuple(data["region_masks"].shape[-2:]) != out_size:
-            raise RuntimeError(
-                f"region masks are {tuple(data['region_masks'].shape[-2:])} but pixels are {out_size}: "
-                "the geometry does not match the image processor"
-            )
+        if images_with_regions:
+            data.update(self.prepare_images([image for image, _ in images_with_regions],
+                                            [regions for _, regions in images_with_regions]))
+        else:
+            data.update(region_masks=torch.zeros((0, 0, 0)), region_boxes=torch.zeros((0, 4)),
+                        region_image_index=torch.zeros(0, dtype=torch.long))
         return BatchFeature(data=data)
 
     def prepare_images(self, images: Sequence[Any], regions: Sequence[Sequence[Any]] | None = None) -> BatchFeature:
@@ -219,6 +206,9 @@ class RegionGPTProcessor(ProcessorMixin):
             index.extend([i] * len(prepared["masks"]))
         pixel_values = self.image_processor(pil_images, return_tensors="pt")["pixel_values"]
         size = tuple(pixel_values.shape[-2:])
+        if masks and tuple(masks[0].shape) != size:
+            raise RuntimeError(f"region masks are {tuple(masks[0].shape)} but pixels are {size}: "
+                               "the geometry does not match the image processor")
         return BatchFeature(data={
             "pixel_values": pixel_values,
             "region_masks": torch.from_numpy(np.stack(masks)).float() if masks else torch.zeros((0, *size)),
