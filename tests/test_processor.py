@@ -97,6 +97,23 @@ def test_instructions_cover_every_task_with_paraphrases():
     assert parse_yes_no("No, there is none.") is False and parse_yes_no("Yes. It is not red.") is True
 
 
+def test_strip_task_suffix_gives_the_question_without_suffix():
+    import random
+
+    from regiongpt.processing.instructions import strip_task_suffix
+
+    for task in TASKS:
+        for seed in range(12):
+            fields = dict(region=0, region2=1, regions=range(3), phrase="the red heart", rng=random.Random(seed))
+            listed = ["star", "ring"] if task == "classify" and seed % 2 else None
+            full = build_instruction(task, vocabulary="synthetic-world", categories=listed, **fields)
+            fields["rng"] = random.Random(seed)
+            bare = build_instruction(task, use_suffix=False, **fields)
+            assert strip_task_suffix(full, task) == bare
+            assert strip_task_suffix(bare, task) == bare  # nothing to strip
+    assert strip_task_suffix("Is it red? Answer yes or no.", "chat") == "Is it red? Answer yes or no."
+
+
 def test_box_mapped_into_model_pixels_matches_image(tiny):
     """A white box on a black image lands where the region mask says, through pad + resize."""
     import numpy as np

@@ -116,6 +116,25 @@ def test_task_filter_shuffle_and_schedule(samples, processor):
     assert schedule.tasks_at(20) is None
 
 
+def test_processor_without_task_suffix_trains_on_bare_questions(samples, processor, tmp_path):
+    from regiongpt.processing.instructions import SUFFIXES
+
+    with_suffix = RegionConversationDataset(samples, processor, 2048).pairs_for(SampleKey(1, 0))
+    assert any(p.question.endswith(SUFFIXES["brief"]) for p in with_suffix if p.task == "brief")
+    processor.save_pretrained(tmp_path)
+    bare_processor = RegionGPTProcessor.from_pretrained(tmp_path)
+    bare_processor.task_suffix = False
+    bare_processor.save_pretrained(tmp_path)
+    bare_processor = RegionGPTProcessor.from_pretrained(tmp_path)  # the choice travels with the checkpoint
+    assert bare_processor.task_suffix is False
+    bare = RegionConversationDataset(samples, bare_processor, 2048).pairs_for(SampleKey(1, 0))
+    assert [p.answer for p in bare] == [p.answer for p in with_suffix]
+    for full, stripped in zip(with_suffix, bare):
+        suffix = SUFFIXES[full.task].split("{")[0]
+        assert (suffix in full.question) and (not suffix or suffix not in stripped.question)
+        assert full.question.startswith(stripped.question)
+
+
 def test_sample_order_is_a_function_of_seed_and_position():
     schedule = TaskSchedule(((2, ("classify",)),))
     full = list(StepBatchSampler(5, 2, 2, seed=3, shuffle=True, schedule=schedule, start=0, stop=10))

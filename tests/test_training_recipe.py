@@ -180,3 +180,36 @@ def test_region_pretraining_changes_only_the_region_path(world, tmp_path):
     recipe.train()
     lines = [json.loads(line) for line in (tmp_path / "pre" / "metrics.jsonl").read_text().splitlines()]
     assert lines[0]["split"] == "region_pretrain" and lines[0]["steps"] == 3
+
+
+def test_region_pretraining_attribute_and_image_heads(world, tmp_path):
+    from regiongpt.training.region_pretrain import PretrainLabels, pretrain_region_path
+
+    recipe = make_recipe(world, tmp_path / "pre", "train.max_steps=1", "data.val=[]",
+                         "train.trainable=[feature_refiner,connector,language_model,vision_tower]")
+    labels = PretrainLabels.from_samples(recipe.train_samples, ["colour", "texture", "size"], ["colour", "category"])
+    assert labels.region_fields == ["category", "colour", "texture", "size"]
+    assert set(labels.region_classes["size"]) <= {"small", "medium", "large"}
+    assert all(len(label.split()) == 2 for label in labels.image_classes)  # "red heart"
+    before = {n: p.detach().clone() for n, p in recipe.model.named_parameters()}
+    losses = pretrain_region_path(recipe.model, recipe.processor, recipe.train_samples, 4, 1e-3, 2, 0, recipe.device,
+                                  attributes=["colour", "texture", "size"], image_labels=["colour", "category"])
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
+    changed = {n for n, p in recipe.model.named_parameters() if not torch.equal(p, before[n])}
+    assert any(n.startswith("model.connector.") for n in changed)  # the image head trains the image tokens
+    assert not any(n.startswith(("model.language_model.", "lm_head")) for n in changed)
+    with pytest.raises(InvalidInputError, match="no 'shininess'.*train.region_pretrain_attributes"):
+        pretrain_region_path(recipe.model, recipe.processor, recipe.train_samples, 1, 1e-3, 2, 0, recipe.device,
+                             attributes=["shininess"])
+
+
+def test_image_cell_targets_mark_the_cells_a_region_covers():
+    from regiongpt.training.region_pretrain import image_cell_targets
+
+    masks = torch.zeros(2, 8, 8)
+    masks[0, :4, :4] = 1  # top-left quarter of image 0
+    masks[1, 4:, :] = 1  # bottom half of image 1
+    targets = image_cell_targets(masks, torch.tensor([0, 1]), torch.tensor([2, 0]), n_images=2, grid=2, n_classes=3)
+    assert targets.shape == (2, 4, 3)
+    assert targets[0, :, 2].tolist() == [1, 0, 0, 0] and targets[0].sum() == 1
+    assert targets[1, :, 0].tolist() == [0, 0, 1, 1] and targets[1].sum() == 2

@@ -35,7 +35,7 @@ from regiongpt.evaluation.coco_classification import SIZE_BUCKETS, coco_size_buc
 from regiongpt.evaluation.metrics import accuracy
 from regiongpt.evaluation.runner import Benchmark, ImageJob, Query, Scores, generate_answers
 from regiongpt.inference.api import Question
-from regiongpt.processing.instructions import build_instruction, parse_rec_answer
+from regiongpt.processing.instructions import parse_rec_answer
 
 VARIANTS = ("all", "shuffled", "capped")
 REC_MAX_NEW_TOKENS = 8
@@ -75,11 +75,11 @@ def rec_queries(image_id: int, refs, candidates: list[dict[str, Any]], variants:
     return queries
 
 
-def rec_prompts(job: ImageJob, item: int) -> list[Question]:
+def rec_prompts(model, job: ImageJob, item: int) -> list[Question]:
     prompts = []
     for query in job.queries:
         phrase, order = query.payload
-        question = build_instruction("rec", regions=range(len(order)), phrase=phrase)
+        question = model.instruction("rec", regions=range(len(order)), phrase=phrase)
         prompts.append(Question(item, question, order, REC_MAX_NEW_TOKENS))
     return prompts
 
@@ -139,7 +139,7 @@ class ReferringComprehension(Benchmark):
         return jobs
 
     def predict(self, model, jobs: Sequence[ImageJob]) -> list[list[dict[str, Any]]]:
-        prompts = [p for item, job in enumerate(jobs) for p in rec_prompts(job, item)]
+        prompts = [p for item, job in enumerate(jobs) for p in rec_prompts(model, job, item)]
         answers = iter(generate_answers(model, [(str(job.image), job.context) for job in jobs], prompts))
         return [[rec_fields(next(answers), q.record["candidates"], q.record["ann_id"]) for q in job.queries]
                 for job in jobs]

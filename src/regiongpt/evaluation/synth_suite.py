@@ -80,7 +80,6 @@ class SynthSuite(Benchmark):
         for setting, rows in self.pope_rows.items():
             for row in rows:
                 questions.setdefault(row["image"], []).append((setting, row))
-        existence_suffix = SUFFIXES["existence"]
         jobs = []
         for image in iter_coco_images(self.instances):
             info = self.refer.images.get(image.id, {})
@@ -107,8 +106,7 @@ class SynthSuite(Benchmark):
             for setting, row in questions.get(image.path.name, []):
                 record = {"kind": "exist", "split": setting, "question_id": row["question_id"], "image_id": image.id,
                           "label": str(row["label"]).strip().lower()}
-                queries.append(Query(f"exist/{setting}/{row['question_id']}", record,
-                                     f"{row['text'].strip()} {existence_suffix}".strip()))
+                queries.append(Query(f"exist/{setting}/{row['question_id']}", record, row["text"].strip()))
             jobs.append(ImageJob(image.path, queries, regions))
             if limit is not None and len(jobs) >= limit:
                 break
@@ -129,11 +127,13 @@ class SynthSuite(Benchmark):
         prompts, slots = [], []
         for j, job in enumerate(jobs):
             rec_job = ImageJob(job.image, [q for q in job.queries if q.record["kind"] == "rec"])
-            prompts += rec_prompts(rec_job, j)
+            prompts += rec_prompts(model, rec_job, j)
             slots += [i for i, q in enumerate(job.queries) if q.record["kind"] == "rec"]
             for i, q in enumerate(job.queries):
                 if q.record["kind"] == "exist":
-                    prompts.append(Question(j, q.payload, [], POPE_MAX_NEW_TOKENS))
+                    question = f"{q.payload} {SUFFIXES['existence']}" if getattr(model.processor, "task_suffix", True) \
+                        else q.payload
+                    prompts.append(Question(j, question, [], POPE_MAX_NEW_TOKENS))
                     slots.append(i)
         answers = generate_answers(model, [(str(job.image), job.context) for job in jobs], prompts)
         for prompt, i, answer in zip(prompts, slots, answers):

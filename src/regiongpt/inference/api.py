@@ -144,8 +144,8 @@ class RegionGPT:
             vocabulary = "the listed" if listed else self.processor.category_vocabulary
         limit = max_new_tokens or DEFAULT_MAX_NEW_TOKENS[task]
         questions = [
-            Question(index, build_instruction(task, region=i, categories=listed if task == "classify" else None,
-                                              vocabulary=vocabulary), max_new_tokens=limit)
+            Question(index, self.instruction(task, region=i, categories=listed if task == "classify" else None,
+                                             vocabulary=vocabulary), max_new_tokens=limit)
             for index, (_, regions) in enumerate(items) for i in range(len(regions))
         ]
         requests, visual = self._requests(items, questions)
@@ -166,12 +166,17 @@ class RegionGPT:
             position += len(regions)
         return out
 
+    def instruction(self, task: str, **fields: Any) -> str:
+        """The task-guided question for ``task`` (``build_instruction``'s fields), with the scope
+        suffix only when this checkpoint was trained with it (``processor.task_suffix``)."""
+        return build_instruction(task, use_suffix=getattr(self.processor, "task_suffix", True), **fields)
+
     def ground(self, image: Any, regions: Sequence[Any], phrase: str) -> GroundingResult:
         """Which region (0-based) the phrase refers to, or None when none fits."""
         regions = list(regions)
         if not regions:
             raise InvalidInputError("give the candidate regions to choose from")
-        question = build_instruction("rec", regions=range(len(regions)), phrase=phrase)
+        question = self.instruction("rec", regions=range(len(regions)), phrase=phrase)
         text = self.ask_many([(image, regions)], [Question(0, question, max_new_tokens=DEFAULT_MAX_NEW_TOKENS["rec"])])[0].text
         index = parse_rec_answer(text)
         return GroundingResult(index if index is not None and index < len(regions) else None, text)

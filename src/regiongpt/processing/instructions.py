@@ -117,6 +117,19 @@ SUFFIXES: dict[str, str] = {
 }
 
 
+def strip_task_suffix(question: str, task: str) -> str:
+    """``question`` without its task's scope suffix (and a classification question's category
+    list): what a model trained without task-guided prompts is asked. Unknown tasks and
+    questions without the suffix come back unchanged."""
+    template = SUFFIXES.get(task)
+    if not template:
+        return question
+    pattern = re.escape(template).replace(re.escape("{vocabulary}"), r".+?")
+    if task == "classify":
+        pattern += r"(?: Categories: .*)?"
+    return re.sub(rf"\s*{pattern}\s*$", "", question, flags=re.DOTALL)
+
+
 def region_ref(index: int) -> str:
     """The placeholder users write for the ``index``-th region (0-based index → ``<region{index+1}>``)."""
     return f"<region{index + 1}>"

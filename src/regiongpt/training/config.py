@@ -66,6 +66,11 @@ class ModelConfig:
     system_prompt: str | None = _doc(
         "System prompt of the conversation template for a preset, saved with its processor "
         "(null = LLaVA-1.5's; an empty string = none, shorter sequences for small models).", default=None)
+    task_suffix: bool | None = _doc(
+        "Whether questions keep their task-guided scope suffix (RegionGPT §3.2, e.g. \"Answer with a short "
+        "phrase.\"); `false` strips it from every training question and saves the choice with the processor, "
+        "so inference asks the same way (the paper's no-task-guided-prompt ablation). null = the checkpoint's "
+        "choice (true for a preset).", default=None)
 
 
 @dataclass
@@ -231,6 +236,14 @@ class TrainConfig:
         "learns the label prior and ignores them; a region path that already separates categories avoids "
         "that (bench/demo_model.md). 0 = off.", default=0)
     region_pretrain_lr: float = _doc("Learning rate of the region-path pretraining.", default=1.0e-3)
+    region_pretrain_attributes: list[str] = _doc(
+        "Region attributes (names in the native regions' `attributes`, e.g. `[colour, texture, size]`) that get "
+        "their own head in the region-path pretraining, beside the category: the features then separate them "
+        "too (brief captions name them). Every training region must have them.", default_factory=list)
+    region_pretrain_image_labels: list[str] = _doc(
+        "Fields joined into one label per object (e.g. `[colour, category]` -> `red heart`) that each image token "
+        "learns to detect in its cell during the region-path pretraining (the connector is trained too): "
+        "a signal for the image tokens, which existence questions read. [] = off.", default_factory=list)
     log_every: int = _doc("Write training metrics every N steps.", default=1)
     progress: bool = _doc("Show a tqdm progress bar.", default=True)
 

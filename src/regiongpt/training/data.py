@@ -39,6 +39,7 @@ from regiongpt.data.native import NativeSample
 from regiongpt.data.readers import read_coco, read_llava, read_native, read_refcoco, read_vg
 from regiongpt.data.sources import ReadReport, Source, make_source, origin, set_origin
 from regiongpt.errors import InvalidInputError
+from regiongpt.processing.instructions import strip_task_suffix
 
 IGNORE_INDEX = -100
 DEFAULT_TASK = "chat"  # the task of a turn that carries none
@@ -234,10 +235,11 @@ class QAPair:
     task: str
 
 
-def conversation_pairs(sample: NativeSample) -> list[QAPair]:
+def conversation_pairs(sample: NativeSample, task_suffix: bool = True) -> list[QAPair]:
     """The sample's turns as question-answer pairs, with ``<image>`` removed from the text.
 
     The packer puts ``<image>`` back at the start of each packed sequence's first question.
+    ``task_suffix=False`` strips each question's task-guided scope suffix.
     """
     turns = sample.conversations
     if len(turns) % 2:
@@ -246,7 +248,10 @@ def conversation_pairs(sample: NativeSample) -> list[QAPair]:
     pairs = []
     for t in range(0, len(turns), 2):
         question = _IMAGE_IN_TEXT.sub(" ", turns[t]["value"]).strip()
-        pairs.append(QAPair(question, turns[t + 1]["value"], turns[t].get("task") or DEFAULT_TASK))
+        task = turns[t].get("task") or DEFAULT_TASK
+        if not task_suffix:
+            question = strip_task_suffix(question, task)
+        pairs.append(QAPair(question, turns[t + 1]["value"], task))
     return pairs
 
 
@@ -361,7 +366,8 @@ class RegionConversationDataset(Dataset):
         self.strict = strict
         self.length = SequenceLength(processor)
         # Streamed samples are parsed when used; otherwise all conversations are split up front.
-        self._pairs = None if self.streamed else [conversation_pairs(s) for s in self.samples]
+        self.task_suffix = getattr(processor, "task_suffix", True)
+        self._pairs = None if self.streamed else [conversation_pairs(s, self.task_suffix) for s in self.samples]
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -376,7 +382,7 @@ class RegionConversationDataset(Dataset):
     def tasks_present(self) -> set[str]:
         """Every task some turn of the data carries (streamed data: of its first 1,000 samples)."""
         pairs = self._pairs if self._pairs is not None else (
-            conversation_pairs(self.samples[i]) for i in range(min(1000, len(self.samples))))
+            conversation_pairs(self.samples[i], self.task_suffix) for i in range(min(1000, len(self.samples))))
         return {p.task for sample_pairs in pairs for p in sample_pairs}
 
     def pairs_for(self, key: SampleKey, sample: NativeSample | None = None) -> list[QAPair]:
@@ -384,7 +390,7 @@ class RegionConversationDataset(Dataset):
         if self._pairs is not None:
             all_pairs = self._pairs[key.index]
         else:
-            all_pairs = conversation_pairs(sample if sample is not None else self.samples[key.index])
+            all_pairs = conversation_pairs(sample if sample is not None else self.samples[key.index], self.task_suffix)
         pairs = [p for p in all_pairs if key.tasks is None or p.task in key.tasks]
         if self.shuffle_turns:
             random.Random(f"turns:{self.seed}:{key.epoch}:{key.index}").shuffle(pairs)

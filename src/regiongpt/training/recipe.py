@@ -128,6 +128,8 @@ class TrainingRecipe:
             self.model, self.processor = load_model_and_processor(resume_from)
         else:
             self.model, self.processor = build_model_and_processor(cfg.model, self.train_samples, cfg.train.seed)
+        if cfg.model.task_suffix is not None:
+            self.processor.task_suffix = cfg.model.task_suffix
         distributed.check_same(self.dist, sorted(self.processor.tokenizer.get_vocab().items()), "tokenizer vocabulary")
         self.trainable = configure_trainable(self.model, cfg.train)
         if resume_from is not None and cfg.train.lora is not None:
@@ -248,7 +250,9 @@ class TrainingRecipe:
         if self.dist.world_size > 1:
             raise InvalidInputError("train.region_pretrain_steps runs in one process; start it without torchrun")
         losses = pretrain_region_path(self.model, self.processor, self.train_samples, cfg.train.region_pretrain_steps,
-                                      cfg.train.region_pretrain_lr, cfg.data.batch_size, cfg.train.seed, self.device)
+                                      cfg.train.region_pretrain_lr, cfg.data.batch_size, cfg.train.seed, self.device,
+                                      attributes=cfg.train.region_pretrain_attributes,
+                                      image_labels=cfg.train.region_pretrain_image_labels)
         self.metrics.write(0, "region_pretrain", {"loss_first": losses[0], "loss_last": losses[-1],
                                                   "steps": len(losses)})
 

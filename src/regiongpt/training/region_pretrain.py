@@ -4,22 +4,73 @@ A small RegionGPT trained from scratch end to end stayed at the label prior: at
 initialisation every region feature looks alike, the language model learns the answers'
 prior from the text first and then ignores the region token. Training the region path
 (vision tower, refinement, shape encoder, position embedding) for a few hundred steps through
-a linear head on the regions' categories gives it features that separate regions; the
-language model then learns to read them (bench/demo_model.md: held-out classification went
-from chance to climbing within 300 steps). The head is dropped afterwards.
+linear heads on the regions' labels gives it features that separate regions; the language
+model then learns to read them (bench/demo_model.md: held-out classification went from chance
+to climbing within 300 steps). The heads are dropped afterwards.
+
+Labels (:class:`PretrainLabels`): the region's category, plus any categorical attributes
+named in ``train.region_pretrain_attributes`` (e.g. colour, texture, size), one softmax head
+each on the pooled region feature. ``train.region_pretrain_image_labels`` adds a signal for the
+image tokens: each of the m x m image tokens (after the connector: what the language model
+reads) predicts, through a multi-label head, which labels (e.g. "red heart" from
+``[colour, category]``) have an object covering part of its cell. Without it nothing teaches
+the image tokens to say what is in the image before the language model starts, and
+existence questions stayed at "yes" for everything.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from regiongpt.data.native import NativeSample
+from regiongpt.data.native import NativeRegion, NativeSample
 from regiongpt.errors import InvalidInputError
+
+CELL_COVER_THRESHOLD = 0.02  # fraction of an image-token cell a region must cover to count as present there
+
+
+def region_label(region: NativeRegion, field: str) -> str | None:
+    """The value of ``field`` ("category" or an attribute name) of a region, as a string, or None."""
+    if field == "category":
+        return region.category
+    value = (region.attributes or {}).get(field)
+    return value if isinstance(value, str) and value else None
+
+
+@dataclass
+class PretrainLabels:
+    """The label vocabularies of the pretraining heads, read from the training regions."""
+
+    region_fields: list[str]  # "category" first, then the named attributes
+    region_classes: dict[str, list[str]]  # field -> sorted values
+    image_fields: list[str]  # fields joined into one image-cell label ("red heart"); [] = no image head
+    image_classes: list[str]
+
+    @classmethod
+    def from_samples(cls, samples: Sequence[NativeSample], attributes: Sequence[str],
+                     image_fields: Sequence[str]) -> "PretrainLabels":
+        fields = ["category", *[a for a in attributes if a != "category"]]
+        classes = {}
+        for name in [*fields, *image_fields]:
+            missing = sum(1 for s in samples for r in s.regions if region_label(r, name) is None)
+            if missing:
+                raise InvalidInputError(
+                    f"region pretraining: {missing} training region(s) have no '{name}' "
+                    f"({'category' if name == 'category' else 'attributes.' + name}); remove '{name}' from "
+                    "train.region_pretrain_attributes / train.region_pretrain_image_labels or label every region")
+            classes[name] = sorted({region_label(r, name) for s in samples for r in s.regions})
+        image_classes = sorted({cls.image_label(r, image_fields) for s in samples for r in s.regions}) \
+            if image_fields else []
+        return cls(fields, {f: classes[f] for f in fields}, list(image_fields), image_classes)
+
+    @staticmethod
+    def image_label(region: NativeRegion, image_fields: Sequence[str]) -> str:
+        return " ".join(region_label(region, f) for f in image_fields)
 
 
 def region_path_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -32,37 +83,76 @@ def region_path_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in params if p.requires_grad]
 
 
+def image_cell_targets(region_masks: torch.Tensor, region_image_index: torch.Tensor, region_classes: torch.Tensor,
+                       n_images: int, grid: int, n_classes: int) -> torch.Tensor:
+    """(B, grid*grid, n_classes) 0/1: which labels have a region covering part of each image-token cell."""
+    cover = F.adaptive_avg_pool2d(region_masks.float()[:, None], grid).flatten(1)  # (R, grid*grid)
+    present = (cover > CELL_COVER_THRESHOLD).float()
+    targets = torch.zeros(n_images, grid * grid, n_classes, device=region_masks.device)
+    for r, (image, label) in enumerate(zip(region_image_index.tolist(), region_classes.tolist())):
+        targets[image, :, label] = torch.maximum(targets[image, :, label], present[r])
+    return targets
+
+
 def pretrain_region_path(model: nn.Module, processor, samples: Sequence[NativeSample], steps: int, lr: float,
-                         batch_size: int, seed: int, device: torch.device) -> list[float]:
-    """Train the region path on region categories for ``steps`` steps; returns the losses."""
-    labelled = [s for s in samples if s.regions and all(r.category for r in s.regions)]
+                         batch_size: int, seed: int, device: torch.device, attributes: Sequence[str] = (),
+                         image_labels: Sequence[str] = ()) -> list[float]:
+    """Train the region path (and, with ``image_labels``, the image tokens) for ``steps`` steps.
+
+    Returns the summed head losses per step. The connector is trained only by the image head
+    (it produces the image tokens the language model reads); the language model never.
+    """
+    labelled = [s for s in samples if s.regions]
     if not labelled:
-        raise InvalidInputError("train.region_pretrain_steps needs training regions with a category")
-    categories = sorted({r.category for s in labelled for r in s.regions})
-    index = {name: i for i, name in enumerate(categories)}
+        raise InvalidInputError("train.region_pretrain_steps needs training samples with regions")
+    labels = PretrainLabels.from_samples(labelled, attributes, image_labels)
     params = region_path_parameters(model)
     if not params:
         raise InvalidInputError("train.region_pretrain_steps: no trainable region-path parameter "
                                 "(add vision_tower or feature_refiner to train.trainable)")
-    head = nn.Linear(model.config.vision_feature_dim, len(categories)).to(device)
-    optimizer = torch.optim.AdamW(params + list(head.parameters()), lr=lr, foreach=True)
+    width = model.config.vision_feature_dim
+    heads = nn.ModuleDict({f: nn.Linear(width, len(labels.region_classes[f])) for f in labels.region_fields})
+    index = {f: {v: i for i, v in enumerate(labels.region_classes[f])} for f in labels.region_fields}
+    trained = params + list(heads.parameters())
+    image_head = None
+    if labels.image_fields:
+        image_class_index = {v: i for i, v in enumerate(labels.image_classes)}
+        image_head = nn.Linear(model.config.text_config.hidden_size, len(labels.image_classes))
+        connector = [p for p in model.model.connector.parameters() if p.requires_grad]
+        trained += connector + list(image_head.parameters())
+    heads.to(device)
+    if image_head is not None:
+        image_head.to(device)
+    optimizer = torch.optim.AdamW(trained, lr=lr, foreach=True)
     rng = random.Random(seed)
+    grid = model.config.image_grid_size
     losses = []
     model.train()
     for _ in range(steps):
         batch = rng.sample(labelled, min(batch_size, len(labelled)))
+        regions = [r for s in batch for r in s.regions]
         visual = processor.prepare_images([str(s.image_path()) for s in batch],
                                           [[{"segmentation": r.mask} if r.mask else {"box": r.box} for r in s.regions]
                                            for s in batch])
-        targets = torch.tensor([index[r.category] for s in batch for r in s.regions], device=device)
+        masks = visual["region_masks"].to(device)
+        image_index = visual["region_image_index"].to(device)
         vision = model.model.encode_images(visual["pixel_values"].to(device))
-        features = model.model.pool_regions(vision, visual["region_masks"].to(device),
-                                            visual["region_image_index"].to(device), visual["region_boxes"].to(device))
-        loss = F.cross_entropy(head(features.float()), targets)
+        features = model.model.pool_regions(vision, masks, image_index, visual["region_boxes"].to(device)).float()
+        loss = sum(F.cross_entropy(heads[f](features),
+                                   torch.tensor([index[f][region_label(r, f)] for r in regions], device=device))
+                   for f in labels.region_fields)
+        if image_head is not None:
+            classes = torch.tensor([image_class_index[labels.image_label(r, labels.image_fields)] for r in regions],
+                                   device=device)
+            targets = image_cell_targets(masks, image_index, classes, len(batch), grid, len(labels.image_classes))
+            logits = image_head(vision.image_embeds.float())  # (B, grid*grid, n_classes)
+            # summed over labels, averaged over cells: comparable in size to the region heads' losses
+            cell_losses = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(-1)
+            loss = loss + cell_losses.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         losses.append(loss.detach().item())
-    for param in params + list(head.parameters()):
+    for param in trained:
         param.grad = None
     return losses

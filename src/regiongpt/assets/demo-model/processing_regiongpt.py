@@ -69,6 +69,8 @@ class RegionGPTProcessor(ProcessorMixin):
             (the default list for classification prompts).
         category_vocabulary: how classification prompts name the category set
             ("COCO-80" in the paper; "the listed" when the list is written out).
+        task_suffix: whether questions carry the task-guided scope suffix ("Answer with a short
+            phrase.", RegionGPT §3.2); a checkpoint trained without them is asked without them.
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class RegionGPTProcessor(ProcessorMixin):
         system_prompt: str | None = SYSTEM_PROMPT,
         categories: list[str] | None = None,
         category_vocabulary: str = "COCO-80",
+        task_suffix: bool = True,
     ):
         self.image_seq_length = image_seq_length
         self.image_token = image_token
@@ -89,6 +92,7 @@ class RegionGPTProcessor(ProcessorMixin):
         self.system_prompt = system_prompt
         self.categories = list(categories) if categories else None
         self.category_vocabulary = category_vocabulary
+        self.task_suffix = task_suffix
         super().__init__(image_processor, tokenizer, chat_template=chat_template or build_chat_template(system_prompt))
 
     @property
