@@ -110,7 +110,8 @@ def _one_step(model, processor, image):
 @pytest.mark.parametrize(
     "frozen, extras",
     [(("vision_tower", "language_model"), {}), (("vision_tower",), {}),
-     (("vision_tower",), dict(region_shape_encoder=True, feature_position_embedding=True))],
+     (("vision_tower",), dict(region_shape_encoder=True, feature_position_embedding=True,
+                              region_number_embedding=True))],
     ids=["stage1_alignment", "stage2_instruction", "small_model_extensions"],
 )
 def test_every_trainable_parameter_gets_gradient_after_one_step(tokenizer, image, frozen, extras):
@@ -164,9 +165,9 @@ def test_backbones_forward_and_generate(tokenizer, image, preset):
     "overrides",
     [dict(region_pooling="roi_box"), dict(refine_residual=False), dict(refine_factor=1), dict(share_connector=False),
      dict(image_grid_size=4, image_seq_length=16), dict(feature_position_embedding=True),
-     dict(region_shape_encoder=True)],
+     dict(region_shape_encoder=True), dict(region_number_embedding=True)],
     ids=["roi_box", "reference_refinement", "no_refinement", "separate_connector", "merged_4x4", "position_embedding",
-         "shape_encoder"],
+         "shape_encoder", "region_number"],
 )
 def test_architecture_switches(tokenizer, image, overrides):
     model = make_model("tiny-clip-llama", tokenizer, **overrides)
@@ -191,3 +192,14 @@ def test_roi_box_pooling_of_whole_map_is_its_mean():
     # mask pooling with a full mask is the same mean
     full = torch.ones(1, 64, 64)
     torch.testing.assert_close(mask_pool(maps, full, torch.tensor([1]))[0], maps[1].mean(dim=(1, 2)))
+
+
+def test_region_numbers_count_within_each_image_in_any_order():
+    from regiongpt.model.region_number import RegionNumberEmbedding, number_code, region_numbers
+
+    index = torch.tensor([0, 0, 1, 0, 1, 2])
+    assert region_numbers(index).tolist() == [0, 1, 0, 2, 1, 0]
+    codes = number_code(torch.arange(300))
+    assert torch.cdist(codes, codes).add(torch.eye(300) * 1e3).min() > 1e-3  # every number has its own code
+    embedding = RegionNumberEmbedding(8)
+    assert embedding(index).abs().sum() == 0  # zero at initialisation

@@ -196,8 +196,8 @@ def test_region_pretraining_attribute_and_image_heads(world, tmp_path):
                                   attributes=["colour", "texture", "size"], image_labels=["colour", "category"])
     assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
     changed = {n for n, p in recipe.model.named_parameters() if not torch.equal(p, before[n])}
-    assert any(n.startswith("model.connector.") for n in changed)  # the image head trains the image tokens
-    assert not any(n.startswith(("model.language_model.", "lm_head")) for n in changed)
+    assert any(n.startswith("model.vision_tower.") for n in changed)
+    assert not any(n.startswith(("model.connector.", "model.language_model.", "lm_head")) for n in changed)
     with pytest.raises(InvalidInputError, match="no 'shininess'.*train.region_pretrain_attributes"):
         pretrain_region_path(recipe.model, recipe.processor, recipe.train_samples, 1, 1e-3, 2, 0, recipe.device,
                              attributes=["shininess"])

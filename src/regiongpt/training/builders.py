@@ -106,7 +106,8 @@ def build_model_and_processor(
 def parameter_groups(model: RegionGPTForConditionalGeneration) -> dict[str, list[nn.Module]]:
     """The modules behind each name ``train.trainable`` accepts."""
     inner = model.model
-    connectors = [inner.connector] + ([inner.region_connector] if inner.region_connector is not None else [])
+    connectors = [inner.connector] + [part for part in (inner.region_connector, inner.region_number_embedding)
+                                      if part is not None]
     # The region-feature path: refinement plus, when configured, the shape encoder and the
     # grid position embedding (small-model extensions).
     spatial = [inner.feature_refiner] + [part for part in (inner.region_shape_encoder, inner.position_embedding)

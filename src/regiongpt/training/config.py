@@ -242,8 +242,10 @@ class TrainConfig:
         "too (brief captions name them). Every training region must have them.", default_factory=list)
     region_pretrain_image_labels: list[str] = _doc(
         "Fields joined into one label per object (e.g. `[colour, category]` -> `red heart`) that each image token "
-        "learns to detect in its cell during the region-path pretraining (the connector is trained too): "
+        "learns to detect in its cell during the region-path pretraining (before the connector): "
         "a signal for the image tokens, which existence questions read. [] = off.", default_factory=list)
+    region_pretrain_image_weight: float = _doc(
+        "Weight of the image-token loss against the region heads' in the region-path pretraining.", default=0.25)
     log_every: int = _doc("Write training metrics every N steps.", default=1)
     progress: bool = _doc("Show a tqdm progress bar.", default=True)
 

@@ -252,7 +252,8 @@ class TrainingRecipe:
         losses = pretrain_region_path(self.model, self.processor, self.train_samples, cfg.train.region_pretrain_steps,
                                       cfg.train.region_pretrain_lr, cfg.data.batch_size, cfg.train.seed, self.device,
                                       attributes=cfg.train.region_pretrain_attributes,
-                                      image_labels=cfg.train.region_pretrain_image_labels)
+                                      image_labels=cfg.train.region_pretrain_image_labels,
+                                      image_weight=cfg.train.region_pretrain_image_weight)
         self.metrics.write(0, "region_pretrain", {"loss_first": losses[0], "loss_last": losses[-1],
                                                   "steps": len(losses)})
 

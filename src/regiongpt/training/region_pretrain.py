@@ -11,11 +11,13 @@ to climbing within 300 steps). The heads are dropped afterwards.
 Labels (:class:`PretrainLabels`): the region's category, plus any categorical attributes
 named in ``train.region_pretrain_attributes`` (e.g. colour, texture, size), one softmax head
 each on the pooled region feature. ``train.region_pretrain_image_labels`` adds a signal for the
-image tokens: each of the m x m image tokens (after the connector: what the language model
-reads) predicts, through a multi-label head, which labels (e.g. "red heart" from
-``[colour, category]``) have an object covering part of its cell. Without it nothing teaches
-the image tokens to say what is in the image before the language model starts, and
-existence questions stayed at "yes" for everything.
+image tokens: each of the m x m image tokens (before the connector) predicts, through a
+multi-label head, which labels (e.g. "red heart" from ``[colour, category]``) have an object
+covering part of its cell. Without it nothing teaches the image tokens to say what is in the
+image before the language model starts, and existence questions stayed at "yes" for
+everything. Its loss is weighted (``train.region_pretrain_image_weight``): at full weight it
+pulled the shared vision tower away from the region labels and the language model then
+learned to read region tokens 3x slower (bench/demo_model.md).
 """
 
 from __future__ import annotations
@@ -96,11 +98,11 @@ def image_cell_targets(region_masks: torch.Tensor, region_image_index: torch.Ten
 
 def pretrain_region_path(model: nn.Module, processor, samples: Sequence[NativeSample], steps: int, lr: float,
                          batch_size: int, seed: int, device: torch.device, attributes: Sequence[str] = (),
-                         image_labels: Sequence[str] = ()) -> list[float]:
+                         image_labels: Sequence[str] = (), image_weight: float = 0.25) -> list[float]:
     """Train the region path (and, with ``image_labels``, the image tokens) for ``steps`` steps.
 
-    Returns the summed head losses per step. The connector is trained only by the image head
-    (it produces the image tokens the language model reads); the language model never.
+    Returns the summed, weighted head losses per step. Neither the connector nor the
+    language model is trained here.
     """
     labelled = [s for s in samples if s.regions]
     if not labelled:
@@ -117,9 +119,8 @@ def pretrain_region_path(model: nn.Module, processor, samples: Sequence[NativeSa
     image_head = None
     if labels.image_fields:
         image_class_index = {v: i for i, v in enumerate(labels.image_classes)}
-        image_head = nn.Linear(model.config.text_config.hidden_size, len(labels.image_classes))
-        connector = [p for p in model.model.connector.parameters() if p.requires_grad]
-        trained += connector + list(image_head.parameters())
+        image_head = nn.Linear(width, len(labels.image_classes))
+        trained += list(image_head.parameters())
     heads.to(device)
     if image_head is not None:
         image_head.to(device)
@@ -145,10 +146,10 @@ def pretrain_region_path(model: nn.Module, processor, samples: Sequence[NativeSa
             classes = torch.tensor([image_class_index[labels.image_label(r, labels.image_fields)] for r in regions],
                                    device=device)
             targets = image_cell_targets(masks, image_index, classes, len(batch), grid, len(labels.image_classes))
-            logits = image_head(vision.image_embeds.float())  # (B, grid*grid, n_classes)
+            logits = image_head(vision.image_features.float())  # (B, grid*grid, n_classes)
             # summed over labels, averaged over cells: comparable in size to the region heads' losses
             cell_losses = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(-1)
-            loss = loss + cell_losses.mean()
+            loss = loss + image_weight * cell_losses.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
