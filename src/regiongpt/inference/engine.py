@@ -19,6 +19,8 @@ import torch
 from .decoder import PrefixKV, SharedPrefixDecoder, SuffixKV, supports
 from .sampling import next_tokens
 
+DECODERS = ("auto", "dynamic", "static")
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -97,15 +99,35 @@ class Engine:
 
     ``max_rows`` bounds how many questions decode together (a memory budget); more are
     processed in chunks that reuse the same image encodings and prefix KV.
+
+    ``decoder`` picks the decode loop of Llama-family models: ``"dynamic"`` (the KV cache
+    grows by concatenation; plain PyTorch), ``"static"`` (preallocated KV written in place,
+    fixed shapes: captured in CUDA graphs with the fused Triton attention kernel on CUDA, run
+    eagerly with the same math in PyTorch elsewhere; see ``static_decoder``) or ``"auto"``
+    (static on CUDA, dynamic otherwise). Both give the same answers.
     """
 
-    def __init__(self, model, max_rows: int = 64):
+    def __init__(self, model, max_rows: int = 64, decoder: str = "auto"):
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
         self.model = model.eval()
         self.max_rows = max_rows
         lm = model.model.language_model
         self.decoder = (
             SharedPrefixDecoder(lm, model.lm_head, (model.config.region_token_id,)) if supports(lm) else None
         )
+        self.static_decoder = None
+        if self.decoder is not None and (decoder == "static" or decoder == "auto" and model.device.type == "cuda"):
+            from .static_decoder import StaticDecoder  # imports Triton when installed: only when used
+
+            self.static_decoder = StaticDecoder(self.decoder, model.get_input_embeddings())
+
+    @property
+    def decode_path(self) -> str:
+        """Which decode loop runs: "static", "dynamic" or "fallback" (transformers generate)."""
+        if self.decoder is None:
+            return "fallback"
+        return "static" if self.static_decoder is not None else "dynamic"
 
     @property
     def uses_shared_prefix(self) -> bool:
@@ -357,8 +379,9 @@ class Engine:
         if generated_out is not None:
             generated[0] = generated_out  # the caller sees the first row's tokens
         embed_tokens = model.get_input_embeddings()
+        session = None  # the static decoder's state, made at the first decode step
         while True:
-            tokens, logprobs = next_tokens(logits.cpu(), temperature[alive], top_p[alive], generator)
+            tokens, logprobs = _choose(logits, temperature[alive], top_p[alive], generator)
             keep = []
             for slot, r in enumerate(alive):
                 token = int(tokens[slot])
@@ -374,7 +397,14 @@ class Engine:
                 if reason is None:
                     keep.append(slot)
             if not keep:
-                return cache, prefixes, row_prefix
+                return (cache if session is None else session.suffix_kv()), prefixes, row_prefix
+            if self.static_decoder is not None:  # fixed shapes: finished rows stay, marked not alive
+                if session is None:
+                    steps = max(p.max_new_tokens for p in params) - 1
+                    session = self.static_decoder.begin(prefixes, row_prefix, cache, next_position, steps)
+                alive = [alive[s] for s in keep]
+                logits = session.step(alive, tokens[keep])
+                continue
             if len(keep) < len(alive):
                 index = torch.tensor(keep, device=device)
                 cache = SuffixKV([k[index] for k in cache.keys], [v[index] for v in cache.values], cache.valid[index])
@@ -422,11 +452,23 @@ class Engine:
                     break
 
 
+def _choose(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
+            generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``next_tokens`` on the host: greedy-only batches pick on the logits' device and copy
+    only the chosen ids and log-probabilities (not (B, V) logits); sampling stays on the host
+    (its generator is a CPU one, for reproducible seeds)."""
+    if bool((temperature > 0).any()):
+        logits = logits.cpu()
+    tokens, logprobs = next_tokens(logits, temperature, top_p, generator)
+    return tokens.cpu(), logprobs.cpu()
+
+
 def _append(kv: PrefixKV | None, keys: list[torch.Tensor], values: list[torch.Tensor]) -> PrefixKV:
-    """``kv`` followed by per-layer (Hkv, L, D) keys and values."""
+    """``kv`` followed by per-layer (Hkv, L, D) keys and values (always new storage: the
+    inputs may be views of buffers the static decoder reuses)."""
     length = keys[0].shape[1]
     if kv is None:
-        return PrefixKV(keys, values, length)
+        return PrefixKV([k.clone() for k in keys], [v.clone() for v in values], length)
     return PrefixKV([torch.cat([a, b], dim=1) for a, b in zip(kv.keys, keys)],
                     [torch.cat([a, b], dim=1) for a, b in zip(kv.values, values)], kv.length + length)
 
