@@ -24,7 +24,11 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from synth_report import bucket_table, headline  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
+TARGETS = {"classification": 0.95, "brief": 0.80, "rec": 0.90, "existence": 0.90}  # issue: the built-in model
 ASSET = ROOT / "src" / "regiongpt" / "assets" / "demo-model"
 
 
@@ -111,14 +115,14 @@ def write_report(args, train_command, times, results, size_mb) -> None:
         f"eval {times['eval_s']:.0f} s",
         f"- weights: {size_mb:.1f} MB safetensors",
         "",
-        "## Held-out accuracy (`regiongpt eval synth`, greedy)",
+        f"## Held-out accuracy (`regiongpt eval synth`, {args.val_images} images, greedy)",
         "",
-        "| metric | value |",
-        "|---|---|",
+        "| task | result | target |",
+        "|---|---|---|",
     ]
-    for key, value in sorted(metrics.items()):
-        if isinstance(value, (int, float)):
-            lines.append(f"| {key} | {value:.4f} |")
+    for key, value in headline(metrics).items():
+        lines.append(f"| {key} | {'–' if value is None else f'{value:.3f}'} | {TARGETS[key]:.2f} |")
+    lines += ["", "Per difficulty bucket:", "", *bucket_table(metrics)]
     (ROOT / "bench" / "demo_model_results.md").write_text("\n".join(lines) + "\n")
 
 
