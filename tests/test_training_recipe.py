@@ -198,6 +198,13 @@ def test_region_pretraining_attribute_and_image_heads(world, tmp_path):
     changed = {n for n, p in recipe.model.named_parameters() if not torch.equal(p, before[n])}
     assert any(n.startswith("model.vision_tower.") for n in changed)
     assert not any(n.startswith(("model.connector.", "model.language_model.", "lm_head")) for n in changed)
+    # heads on the region embeddings: the connector is pretrained too, the language model never
+    before = {n: p.detach().clone() for n, p in recipe.model.named_parameters()}
+    pretrain_region_path(recipe.model, recipe.processor, recipe.train_samples, 2, 1e-3, 2, 0, recipe.device,
+                         attributes=["colour"], heads_on="embeddings")
+    changed = {n for n, p in recipe.model.named_parameters() if not torch.equal(p, before[n])}
+    assert any(n.startswith("model.connector.") for n in changed)
+    assert not any(n.startswith(("model.language_model.", "lm_head")) for n in changed)
     with pytest.raises(InvalidInputError, match="no 'shininess'.*train.region_pretrain_attributes"):
         pretrain_region_path(recipe.model, recipe.processor, recipe.train_samples, 1, 1e-3, 2, 0, recipe.device,
                              attributes=["shininess"])

@@ -244,6 +244,10 @@ class TrainConfig:
         "Fields joined into one label per object (e.g. `[colour, category]` -> `red heart`) that each image token "
         "learns to detect in its cell during the region-path pretraining (before the connector): "
         "a signal for the image tokens, which existence questions read. [] = off.", default_factory=list)
+    region_pretrain_heads_on: Literal["features", "embeddings"] = _doc(
+        "What the region heads of the region-path pretraining read: the pooled `features` (vision width) or "
+        "the region `embeddings` after the connector (which is then pretrained too), i.e. what the language "
+        "model reads.", default="features")
     region_pretrain_image_weight: float = _doc(
         "Weight of the image-token loss against the region heads' in the region-path pretraining.", default=0.25)
     log_every: int = _doc("Write training metrics every N steps.", default=1)

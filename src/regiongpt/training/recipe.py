@@ -253,7 +253,8 @@ class TrainingRecipe:
                                       cfg.train.region_pretrain_lr, cfg.data.batch_size, cfg.train.seed, self.device,
                                       attributes=cfg.train.region_pretrain_attributes,
                                       image_labels=cfg.train.region_pretrain_image_labels,
-                                      image_weight=cfg.train.region_pretrain_image_weight)
+                                      image_weight=cfg.train.region_pretrain_image_weight,
+                                      heads_on=cfg.train.region_pretrain_heads_on)
         self.metrics.write(0, "region_pretrain", {"loss_first": losses[0], "loss_last": losses[-1],
                                                   "steps": len(losses)})
 

@@ -98,12 +98,18 @@ def image_cell_targets(region_masks: torch.Tensor, region_image_index: torch.Ten
 
 def pretrain_region_path(model: nn.Module, processor, samples: Sequence[NativeSample], steps: int, lr: float,
                          batch_size: int, seed: int, device: torch.device, attributes: Sequence[str] = (),
-                         image_labels: Sequence[str] = (), image_weight: float = 0.25) -> list[float]:
+                         image_labels: Sequence[str] = (), image_weight: float = 0.25,
+                         heads_on: str = "features") -> list[float]:
     """Train the region path (and, with ``image_labels``, the image tokens) for ``steps`` steps.
 
-    Returns the summed, weighted head losses per step. Neither the connector nor the
-    language model is trained here.
+    Returns the summed, weighted head losses per step. ``heads_on="features"``: the region
+    heads read the pooled features (vision width); ``"embeddings"``: the region embeddings the
+    language model reads (after the connector, which is then trained too; language-model
+    training that started from features pretrained alone lost colour and texture in the
+    connector, bench/demo_model.md). The language model is never trained here.
     """
+    if heads_on not in ("features", "embeddings"):
+        raise InvalidInputError(f"train.region_pretrain_heads_on must be features or embeddings, got {heads_on!r}")
     labelled = [s for s in samples if s.regions]
     if not labelled:
         raise InvalidInputError("train.region_pretrain_steps needs training samples with regions")
@@ -112,14 +118,18 @@ def pretrain_region_path(model: nn.Module, processor, samples: Sequence[NativeSa
     if not params:
         raise InvalidInputError("train.region_pretrain_steps: no trainable region-path parameter "
                                 "(add vision_tower or feature_refiner to train.trainable)")
-    width = model.config.vision_feature_dim
+    if heads_on == "embeddings":
+        inner = model.model
+        params += [p for part in (inner.connector, inner.region_connector, inner.region_number_embedding)
+                   if part is not None for p in part.parameters() if p.requires_grad]
+    width = model.config.vision_feature_dim if heads_on == "features" else model.config.text_config.hidden_size
     heads = nn.ModuleDict({f: nn.Linear(width, len(labels.region_classes[f])) for f in labels.region_fields})
     index = {f: {v: i for i, v in enumerate(labels.region_classes[f])} for f in labels.region_fields}
     trained = params + list(heads.parameters())
     image_head = None
     if labels.image_fields:
         image_class_index = {v: i for i, v in enumerate(labels.image_classes)}
-        image_head = nn.Linear(width, len(labels.image_classes))
+        image_head = nn.Linear(model.config.vision_feature_dim, len(labels.image_classes))
         trained += list(image_head.parameters())
     heads.to(device)
     if image_head is not None:
@@ -138,7 +148,8 @@ def pretrain_region_path(model: nn.Module, processor, samples: Sequence[NativeSa
         masks = visual["region_masks"].to(device)
         image_index = visual["region_image_index"].to(device)
         vision = model.model.encode_images(visual["pixel_values"].to(device))
-        features = model.model.pool_regions(vision, masks, image_index, visual["region_boxes"].to(device)).float()
+        encode = model.model.pool_regions if heads_on == "features" else model.model.encode_regions
+        features = encode(vision, masks, image_index, visual["region_boxes"].to(device)).float()
         loss = sum(F.cross_entropy(heads[f](features),
                                    torch.tensor([index[f][region_label(r, f)] for r in regions], device=device))
                    for f in labels.region_fields)
