@@ -69,6 +69,9 @@ class RegionGPTConfig(PreTrainedConfig):
         region_shape_encoder: add an encoding of each region's mask shape and box geometry
             to its pooled feature (zero-initialised; for small models, see region_shape.py).
         region_shape_size: side of the cropped mask the shape encoder reads.
+        region_number_embedding: add a code of each region's number within its image
+            (`<regionK>`'s K) to its embedding (zero-initialised; for small models that cannot
+            count the candidate list of a REC prompt, see region_number.py).
     """
 
     model_type = "regiongpt"
@@ -108,6 +111,7 @@ class RegionGPTConfig(PreTrainedConfig):
     feature_position_embedding: bool = False
     region_shape_encoder: bool = False
     region_shape_size: int = 16
+    region_number_embedding: bool = False
     projector_hidden_act: str = "gelu"
     multimodal_projector_bias: bool = True
     tie_word_embeddings: bool = False

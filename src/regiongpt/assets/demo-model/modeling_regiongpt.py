@@ -30,6 +30,7 @@ from .connector import Connector
 from .pooling import mask_pool, roi_box_pool
 from .refinement import FeatureRefiner
 from .region_shape import RegionShapeEncoder
+from .region_number import RegionNumberEmbedding
 from .vision import select_feature_grid
 
 # Inputs that only the prefill step consumes; later decode steps must not recompute them.
@@ -45,6 +46,7 @@ class VisionFeatures(ModelOutput):
     """What one image encoding yields, reusable for any number of region questions."""
 
     image_embeds: torch.Tensor | None = None  # (B, m*m, D) image tokens in LLM width
+    image_features: torch.Tensor | None = None  # (B, m*m, C) the same tokens before the connector
     region_maps: torch.Tensor | None = None  # (B, C, g*f, g*f) refined map for mask pooling
     coarse_maps: torch.Tensor | None = None  # (B, C, g, g) vision grid (RoI ablation)
 
@@ -74,7 +76,8 @@ class RegionGPTPreTrainedModel(PreTrainedModel):
             init.zeros_(module.position_embedding)
         if getattr(module, "zero_init", False):  # the residual refinement branch's output layer
             init.zeros_(module.weight)
-            init.zeros_(module.bias)
+            if module.bias is not None:
+                init.zeros_(module.bias)
 
 
 class RegionGPTModel(RegionGPTPreTrainedModel):
@@ -104,6 +107,9 @@ class RegionGPTModel(RegionGPTPreTrainedModel):
             if config.feature_position_embedding
             else None
         )
+        self.region_number_embedding = (
+            RegionNumberEmbedding(text_dim) if config.region_number_embedding else None
+        )
         self.language_model = AutoModel.from_config(config.text_config)
         self.post_init()
 
@@ -132,7 +138,8 @@ class RegionGPTModel(RegionGPTPreTrainedModel):
         refined, branch = self.feature_refiner.refine(coarse)  # (B, C, g*f, g*f)
         image_map = self.feature_refiner.image_map(coarse, branch, config.image_grid_size)  # (B, C, m, m)
         image_tokens = image_map.flatten(2).transpose(1, 2)  # (B, m*m, C)
-        return VisionFeatures(image_embeds=self.connector(image_tokens), region_maps=refined, coarse_maps=coarse)
+        return VisionFeatures(image_embeds=self.connector(image_tokens), image_features=image_tokens,
+                              region_maps=refined, coarse_maps=coarse)
 
     def pool_regions(
         self,
@@ -171,7 +178,11 @@ class RegionGPTModel(RegionGPTPreTrainedModel):
         """One embedding per region in the language model's width, pooled from its image's encoding."""
         pooled = self.pool_regions(vision, region_masks, region_image_index, region_boxes)
         connector = self.region_connector if self.region_connector is not None else self.connector
-        return connector(pooled)
+        embeds = connector(pooled)
+        if self.region_number_embedding is not None:
+            index = region_image_index.to(embeds.device).long()
+            embeds = embeds + self.region_number_embedding(index).to(embeds.dtype)
+        return embeds
 
     # ----- placing features in the sequence --------------------------------------------
     def merge_embeddings(
