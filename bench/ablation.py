@@ -1,9 +1,9 @@
 """The paper's ablations on the synthetic world, each with the same training budget.
 
-    python bench/ablation.py [--steps 700] [--region-pretrain-steps 400] [--variants full no-refinement ...]
+    python bench/ablation.py [--steps 700] [--region-pretrain-steps 600] [--parallel 2] [--variants ...]
 
 Every variant trains `configs/demo.yaml` (the built-in model's recipe) from scratch on the same
-world, with the same seed, steps, batch and schedule, changing one thing:
+world, with the same seed, steps, batch and task schedule, changing one thing:
 
   full                   RegionGPT as the built-in model: 2x residual feature refinement, mask
                          pooling, task-guided instruction suffixes
@@ -12,11 +12,12 @@ world, with the same seed, steps, batch and schedule, changing one thing:
   no-task-suffix         questions without their task-guided scope suffix, in training and evaluation
   reference-refinement   the paper's plain (non-residual) refinement
 
-then `regiongpt eval synth` on the held-out images (classification, brief-caption exact match,
-REC with candidates, yes/no existence, per difficulty bucket). bench/ablation.md gets the tables
-and the commands (text below its findings marker is kept). Note that every variant keeps the built-in recipe's small-model aids (region
-shape encoder reading the region mask, grid position embedding, region-path pretraining): see
-the report's caveats.
+then `regiongpt eval synth` on held-out images (classification, brief-caption exact match, REC
+with candidates, yes/no existence, per difficulty bucket). The default budget (700 steps) covers
+the schedule's classification and brief-caption phases: the region-level tasks these parts
+serve. bench/ablation.md gets the tables and the commands (text below its findings marker is
+kept). Every variant keeps the built-in recipe's small-model aids (region shape encoder reading
+the region mask, grid position embedding, region number code, region-path pretraining).
 """
 
 from __future__ import annotations
@@ -74,18 +75,18 @@ def name_label_set(checkpoint: Path) -> None:
     processor.save_pretrained(checkpoint)
 
 
-def train_and_eval(name: str, overrides: list[str], args, cli: list[str], world: Path) -> dict:
-    """One variant: train (resumed if a run folder exists), evaluate, return its record."""
-    run_dir, eval_dir = args.workdir / name / "run", args.workdir / name / "eval"
-    record_path = args.workdir / name / "record.json"
+def train_and_eval(name: str, seed: int, overrides: list[str], args, cli: list[str], world: Path) -> dict:
+    """One variant and seed: train (resumed if a run folder exists), evaluate, return its record."""
+    folder = args.workdir / (name if seed == 0 else f"{name}-seed{seed}")
+    run_dir, eval_dir, record_path = folder / "run", folder / "eval", folder / "record.json"
     if record_path.exists():
-        return json.loads(record_path.read_text())
+        return {"seed": 0, **json.loads(record_path.read_text())}
     command = cli + ["train", "configs/demo.yaml", f"data.train=native:{world}/native/train.jsonl",
                      f"data.val=native:{world}/native/val.jsonl", f"train.output_dir={run_dir}",
                      "train.progress=false", "train.log_every=50", f"train.max_steps={args.steps}",
                      f"train.region_pretrain_steps={args.region_pretrain_steps}", "eval.every_steps=0",
+                     f"train.seed={seed}",
                      "checkpoint.every_steps=250", f"data.max_samples={args.train_images}",
-                     f"data.task_schedule=[{{until_step: {args.classify_steps}, tasks: [classify]}}]",
                      *overrides]
     threads = 1 if args.parallel > 1 else None
     train_s = run(command, threads)
@@ -97,21 +98,36 @@ def train_and_eval(name: str, overrides: list[str], args, cli: list[str], world:
         eval_command += ["--limit", str(args.eval_images)]
     eval_s = run(eval_command, threads)
     metrics = json.loads((eval_dir / "results.json").read_text())["metrics"]
-    record = {"name": name, "overrides": overrides, "train_command": " ".join(command[2:]),
+    shown = " ".join(os.path.relpath(c, ROOT) if c.startswith(str(ROOT)) else c for c in command[3:])
+    shown = shown.replace(f"{ROOT}/", "")
+    record = {"name": name, "seed": seed, "overrides": overrides, "train_command": shown,
               "train_s": train_s, "eval_s": eval_s, "metrics": metrics}
     record_path.write_text(json.dumps(record, indent=1))
     return record
 
 
+def _mean_and_seeds(values: list[float | None]) -> str:
+    """``0.818`` for one seed, ``0.830 (0.818, 0.842)`` for several."""
+    if any(v is None for v in values):
+        return "–"
+    mean = f"{sum(values) / len(values):.3f}"
+    return mean if len(values) == 1 else f"{mean} ({', '.join(f'{v:.3f}' for v in values)})"
+
+
 def write_report(args, records: list[dict], world: Path) -> None:
+    from regiongpt.training.config import load_config
+
+    phases = load_config(ROOT / "configs" / "demo.yaml").data.task_schedule
+    schedule = ", ".join(f"{'+'.join(p.tasks)} until step {p.until_step}" for p in phases) + ", then every task"
     lines = [
         "# Ablations on the synthetic world",
         "",
         f"`python bench/ablation.py {' '.join(sys.argv[1:])}` on {platform.machine()} ({os.cpu_count()} cores), "
-        f"{time.strftime('%Y-%m-%d')}. Each variant: `configs/demo.yaml` from scratch, seed 0, "
+        f"{time.strftime('%Y-%m-%d')}. Each variant: `configs/demo.yaml` from scratch, seed "
+        f"{', '.join(map(str, args.seeds))} (tables: mean over seeds, then each seed), "
         f"{args.region_pretrain_steps} region-pretraining steps, {args.steps} optimiser steps of batch 8 "
-        f"(classification alone until step {args.classify_steps}, then every task), "
-        f"{args.train_images} training images of `{world}`; evaluated with `regiongpt eval synth --split val`"
+        f"on the config's task schedule ({schedule}), "
+        f"{args.train_images} training images of `{os.path.relpath(world, ROOT)}`; evaluated with `regiongpt eval synth --split val`"
         + (f" on the first {args.eval_images} held-out images." if args.eval_images else " on the held-out images."),
         "",
         "## Overall",
@@ -119,14 +135,19 @@ def write_report(args, records: list[dict], world: Path) -> None:
         "| variant | change | classification | brief exact | REC | yes/no | train min |",
         "|---|---|---|---|---|---|---|",
     ]
+    keys = ("classification", "brief", "rec", "existence")
+    for name in args.variants:
+        runs = [r for r in records if r["name"] == name]
+        values = {k: [headline(r["metrics"])[k] for r in runs] for k in keys}
+        cells = " | ".join(_mean_and_seeds(values[k]) for k in keys)
+        change = ", ".join(f"`{o}`" for o in runs[0]["overrides"]) or "–"
+        minutes = sum(r["train_s"] for r in runs) / len(runs) / 60
+        lines.append(f"| {name} | {change} | {cells} | {minutes:.1f} |")
     for record in records:
-        h = headline(record["metrics"])
-        cells = " | ".join("–" if h[k] is None else f"{h[k]:.3f}" for k in ("classification", "brief", "rec", "existence"))
-        change = ", ".join(f"`{o}`" for o in record["overrides"]) or "–"
-        lines.append(f"| {record['name']} | {change} | {cells} | {record['train_s'] / 60:.1f} |")
-    for record in records:
-        lines += ["", f"## {record['name']}: {VARIANTS[record['name']][0]}", "", *bucket_table(record["metrics"]),
-                  "", f"Command: `regiongpt {record['train_command']}`"]
+        seed = f" (seed {record['seed']})" if len(args.seeds) > 1 else ""
+        command = record["train_command"].replace(f"{ROOT}/", "").removeprefix("regiongpt.cli.main ")
+        lines += ["", f"## {record['name']}{seed}: {VARIANTS[record['name']][0]}", "",
+                  *bucket_table(record["metrics"]), "", f"Command: `regiongpt {command}`"]
     path = ROOT / "bench" / "ablation.md"
     kept = path.read_text().split(FINDINGS_MARKER, 1)[1] if path.exists() and FINDINGS_MARKER in path.read_text() else ""
     path.write_text("\n".join(lines) + f"\n\n{FINDINGS_MARKER}" + (kept or "\n"))
@@ -141,9 +162,8 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "ablation")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--steps", type=int, default=700, help="optimiser steps per variant")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds per variant")
     parser.add_argument("--region-pretrain-steps", type=int, default=600)
-    parser.add_argument("--classify-steps", type=int, default=300,
-                        help="steps of classification alone before every task is mixed in")
     parser.add_argument("--train-images", type=int, default=8000)
     parser.add_argument("--eval-images", type=int, default=250, help="held-out images evaluated (0 = all)")
     parser.add_argument("--parallel", type=int, default=1,
@@ -155,7 +175,8 @@ def main() -> int:
         run(cli + ["synth", str(world), "--images", str(args.images), "--seed", "0",
                    "--val-fraction", str(500 / args.images), "--quiet"])
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:  # each variant is its own processes
-        records = list(pool.map(lambda name: train_and_eval(name, VARIANTS[name][1], args, cli, world), args.variants))
+        jobs = [(name, seed) for seed in args.seeds for name in args.variants]
+        records = list(pool.map(lambda job: train_and_eval(job[0], job[1], VARIANTS[job[0]][1], args, cli, world), jobs))
     write_report(args, records, world)
     return 0
 
