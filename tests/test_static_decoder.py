@@ -26,7 +26,7 @@ from regiongpt.inference.triton_attention import (
     shared_prefix_attention_reference,
 )
 
-# The kernel is tested with this Triton (the `gpu` extra installs it); an older one, e.g. the one a
+# The CPU-interpreter tests need this Triton (`pip install triton>=3.9`); an older one, e.g. the one a
 # CUDA build of torch brings along, skips these tests rather than fail on interpreter differences.
 TESTED_TRITON = "3.9"
 
@@ -391,7 +391,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 @pytest.mark.parametrize("attention", ["torch", "triton"])
 def test_cuda_graph_steps_equal_dynamic_fp32(tokenizer, attention):
     if attention == "triton":
-        pytest.importorskip("triton", minversion=TESTED_TRITON)
+        pytest.importorskip("triton")
     model = make_model("tiny-clip-llama", tokenizer).cuda()
     lm = model.model.language_model
     decoder = SharedPrefixDecoder(lm, model.lm_head, (model.config.region_token_id,))
@@ -409,7 +409,7 @@ def test_cuda_graph_steps_equal_dynamic_fp32(tokenizer, attention):
 
 @cuda
 def test_triton_kernel_bf16_on_cuda_matches_reference():
-    pytest.importorskip("triton", minversion=TESTED_TRITON)
+    pytest.importorskip("triton")
     from regiongpt.inference.triton_attention import shared_prefix_attention
 
     args = [a.cuda() if isinstance(a, torch.Tensor) else a
