@@ -26,9 +26,9 @@ from regiongpt.inference.triton_attention import (
     shared_prefix_attention_reference,
 )
 
-# The CPU-interpreter tests need this Triton (`pip install triton>=3.9`); an older one, e.g. the one a
-# CUDA build of torch brings along, skips these tests rather than fail on interpreter differences.
-TESTED_TRITON = "3.9"
+# The CPU-interpreter tests pass with Triton 3.7.1 (what the CUDA build of torch 2.13 brings) and 3.9.0;
+# an older one skips them rather than fail on interpreter differences.
+TESTED_TRITON = "3.7"
 
 PRESETS = ["tiny-clip-llama", "tiny-siglip-qwen2", "tiny-convnext-mistral"]
 ROOT = Path(__file__).resolve().parents[1]
