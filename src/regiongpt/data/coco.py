@@ -7,13 +7,13 @@ as the COCO classification protocol does.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from regiongpt.data.files import read_json
 from regiongpt.errors import InvalidInputError
 
 
@@ -40,10 +40,7 @@ class CocoImage:
 def load_coco(instances: str | os.PathLike) -> dict[str, Any]:
     """The parsed instances file, with a clear error when it is not COCO instances JSON."""
     path = Path(instances)
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise InvalidInputError(f"{path} is not valid JSON ({error})") from None
+    data = read_json(path)
     if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= set(data):
         raise InvalidInputError(f"{path} is not a COCO instances file: it needs 'images', 'annotations' and 'categories'")
     return data

@@ -44,6 +44,7 @@ from regiongpt.data.tasks import (
     conversation_from_turns,
     sample_rng,
 )
+from regiongpt.data.files import read_json
 from regiongpt.errors import InvalidInputError
 from regiongpt.processing.rle import _decode_counts, decode_rle, encode_rle, rle_area
 
@@ -423,10 +424,7 @@ def read_vg(source: Source, report: ReadReport) -> Iterator[NativeSample]:
     """Visual Genome region descriptions -> one sample per image, one brief caption per region."""
     path = source.path
     tasks = _check_tasks(source, "vg")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise InvalidInputError(f"{path} is not valid JSON ({error})") from None
+    data = read_json(path)
     if not isinstance(data, list):
         raise InvalidInputError(f"{path} is not Visual Genome region_descriptions.json: it must be a list of "
                                 "{id, regions: [{region_id, image_id, phrase, x, y, width, height}]}")
@@ -525,10 +523,7 @@ def read_llava(source: Source, report: ReadReport) -> Iterator[NativeSample]:
     _check_tasks(source, "llava")
     if source.split is not None:
         raise InvalidInputError(f"data source {source.name}: LLaVA conversation files have no splits; drop the split")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise InvalidInputError(f"{path} is not valid JSON ({error})") from None
+    data = read_json(path)
     if not isinstance(data, list):
         raise InvalidInputError(f"{path} is not LLaVA conversation JSON: it must be a list of "
                                 "{id, image, conversations: [{from, value}, ...]}")

@@ -18,7 +18,6 @@ The original files were written by Python 2; their byte strings are decoded as U
 from __future__ import annotations
 
 import io
-import json
 import os
 import pickle
 from collections.abc import Iterable, Sequence
@@ -26,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from regiongpt.data.files import read_json
 from regiongpt.errors import InvalidInputError
 
 # Globals a refs pickle may name: containers that pickle by reduce under protocols 0-2.
@@ -160,10 +160,7 @@ def load_refer_files(folder: Path, dataset: str, split_by: str) -> tuple[list, d
     raw = safe_load_pickle(refs_file)
     if not isinstance(raw, list):
         raise InvalidInputError(f"{refs_file} must hold a list of refs, got {type(raw).__name__}")
-    try:
-        instances = json.loads(instances_file.read_text())
-    except json.JSONDecodeError as error:
-        raise InvalidInputError(f"{instances_file} is not valid JSON ({error})") from None
+    instances = read_json(instances_file)
     if not isinstance(instances, dict) or not {"images", "annotations"} <= set(instances):
         raise InvalidInputError(f"{instances_file} is not COCO instances JSON (needs 'images' and 'annotations')")
     return raw, instances

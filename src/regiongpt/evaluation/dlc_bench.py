@@ -71,6 +71,7 @@ from pathlib import Path
 from typing import Any
 
 from regiongpt.data.refer import annotation_region
+from regiongpt.data.files import read_json
 from regiongpt.errors import InvalidInputError
 from regiongpt.evaluation.runner import Benchmark, ImageJob, Query, Scores
 
@@ -331,10 +332,7 @@ class JudgeClient:
 def _read_json(path: Path, what: str) -> Any:
     if not path.is_file():
         raise InvalidInputError(f"{path} does not exist; --data must be the DLC-bench folder holding {what}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise InvalidInputError(f"{path} is not valid JSON ({error})") from None
+    return read_json(path)
 
 
 def check_question(key: str, index: int, question: Any) -> None:

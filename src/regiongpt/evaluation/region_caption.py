@@ -29,6 +29,7 @@ from typing import Any
 from PIL import Image
 
 from regiongpt.data.refer import load_refer, refs_by_image
+from regiongpt.data.files import read_json
 from regiongpt.errors import InvalidInputError
 from regiongpt.evaluation.metrics import caption_metrics, require_java
 from regiongpt.evaluation.runner import Benchmark, ImageJob, Query, Scores
@@ -123,10 +124,7 @@ class VisualGenomeCaption(CaptionBenchmark):
         self.file = Path(region_descriptions)
         self.split_file = Path(split_file) if split_file else None
         self.images_dir = Path(images_dir)
-        try:
-            data = json.loads(self.file.read_text())
-        except json.JSONDecodeError as error:
-            raise InvalidInputError(f"{self.file} is not valid JSON ({error})") from None
+        data = read_json(self.file)
         if not isinstance(data, list) or (data and not isinstance(data[0], dict)) or (data and "regions" not in data[0]):
             raise InvalidInputError(f"{self.file} is not Visual Genome region_descriptions.json: it must be a list "
                                     "of {id, regions: [{region_id, image_id, phrase, x, y, width, height}]}")
