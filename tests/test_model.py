@@ -110,7 +110,7 @@ def _one_step(model, processor, image):
 @pytest.mark.parametrize(
     "frozen, extras",
     [(("vision_tower", "language_model"), {}), (("vision_tower",), {}),
-     (("vision_tower",), dict(region_shape_encoder=True, feature_position_embedding=True,
+     (("vision_tower",), dict(region_shape_encoder=True, region_shape_pixels=True, feature_position_embedding=True,
                               region_number_embedding=True))],
     ids=["stage1_alignment", "stage2_instruction", "small_model_extensions"],
 )
@@ -165,9 +165,10 @@ def test_backbones_forward_and_generate(tokenizer, image, preset):
     "overrides",
     [dict(region_pooling="roi_box"), dict(refine_residual=False), dict(refine_factor=1), dict(share_connector=False),
      dict(image_grid_size=4, image_seq_length=16), dict(feature_position_embedding=True),
-     dict(region_shape_encoder=True), dict(region_number_embedding=True)],
+     dict(region_shape_encoder=True), dict(region_shape_encoder=True, region_shape_pixels=True),
+     dict(region_number_embedding=True)],
     ids=["roi_box", "reference_refinement", "no_refinement", "separate_connector", "merged_4x4", "position_embedding",
-         "shape_encoder", "region_number"],
+         "shape_encoder", "shape_encoder_pixels", "region_number"],
 )
 def test_architecture_switches(tokenizer, image, overrides):
     model = make_model("tiny-clip-llama", tokenizer, **overrides)
@@ -180,6 +181,30 @@ def test_architecture_switches(tokenizer, image, overrides):
     assert not torch.allclose(out.region_embeds[0], out.region_embeds[1])
     if not overrides.get("share_connector", True):
         assert model.model.region_connector is not None
+
+
+def test_region_pixel_crop_reads_the_region_s_own_pixels():
+    from regiongpt.model.region_shape import crop_region_pixels, mask_boxes
+
+    pixels = torch.zeros(2, 3, 32, 32)
+    pixels[1, 0, 8:16, 4:20] = 1.0  # a red rectangle in image 1
+    pixels[1, 2] = 0.5  # blue everywhere in image 1, also outside the region
+    masks = torch.zeros(1, 32, 32)
+    masks[0, 8:16, 4:20] = 1
+    crops = crop_region_pixels(pixels, masks, torch.tensor([1]), mask_boxes(masks), size=4)
+    assert crops.shape == (1, 3, 4, 4)
+    torch.testing.assert_close(crops[0, 0], torch.ones(4, 4))  # the crop spans exactly the region
+    torch.testing.assert_close(crops[0, 2], torch.full((4, 4), 0.5))
+    # another image's pixels never leak in; pixels outside the mask are zeroed
+    masks2 = torch.zeros(1, 32, 32)
+    masks2[0, 8:16, 4:12] = 1
+    crops = crop_region_pixels(pixels, masks2, torch.tensor([0]), mask_boxes(masks2), size=4)
+    assert crops.abs().sum() == 0
+
+
+def test_pixel_shape_encoder_needs_the_shape_encoder(tokenizer):
+    with pytest.raises(ValueError, match="region_shape_pixels needs region_shape_encoder"):
+        make_model("tiny-clip-llama", tokenizer, region_shape_pixels=True)
 
 
 def test_roi_box_pooling_of_whole_map_is_its_mean():

@@ -210,6 +210,60 @@ def test_region_pretraining_attribute_and_image_heads(world, tmp_path):
                              attributes=["shininess"])
 
 
+def test_region_aux_heads_train_with_the_language_model_and_resume(world, tmp_path):
+    overrides = ("train.region_aux_weight=1.0", "train.region_pretrain_attributes=[colour, size]", "data.val=[]",
+                 "train.region_pretrain_image_labels=[category]",
+                 "train.trainable=[feature_refiner,connector,language_model,vision_tower]", "checkpoint.every_steps=2")
+    recipe = make_recipe(world, tmp_path / "aux", "train.max_steps=2", *overrides)
+    assert recipe.region_aux.fields == ["category", "colour", "size"]
+    heads_before = {k: v.clone() for k, v in recipe.region_aux.state_dict().items()}
+    metrics = recipe.train()
+    assert metrics["region_aux_loss"] > 0
+    assert any(not torch.equal(v, heads_before[k]) for k, v in recipe.region_aux.state_dict().items())
+    assert not torch.equal(recipe.region_aux.image_head.weight, heads_before["image_head.weight"])
+    state = load_training_state(tmp_path / "aux" / "ckpt-000002" / "training_state.pt")
+    saved = state["region_aux"]["heads"]
+    assert all(torch.equal(saved[k], v) for k, v in recipe.region_aux.state_dict().items())
+    # the heads are not part of the exported model
+    reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path / "aux" / "ckpt-000002")
+    assert not any("aux" in name for name in reloaded.state_dict())
+    # resuming restores them (and continues)
+    resumed = make_recipe(world, tmp_path / "aux", "train.max_steps=3", *overrides)
+    assert all(torch.equal(resumed.region_aux.state_dict()[k], v.to(resumed.device)) for k, v in saved.items())
+    assert resumed.step == 2
+    resumed.train()
+    assert resumed.step == 3
+
+
+def test_region_aux_heads_see_every_region_in_row_order(world, tmp_path):
+    from regiongpt.training.region_aux import RegionAuxiliaryHeads
+
+    recipe = make_recipe(world, tmp_path / "rows", "train.max_steps=1", "data.val=[]")
+    from regiongpt.training.builders import build_train_loader
+
+    loader = build_train_loader(recipe.train_dataset, recipe.processor, recipe.config, 0, 1, 0, 1)
+    batch = next(iter(loader))
+    assert len(batch.region_labels) == batch.inputs["region_masks"].shape[0]
+    assert all("category" in r and "colour" in r for r in batch.region_labels)
+    heads = RegionAuxiliaryHeads.from_samples(recipe.train_samples, ["colour"], 8)
+    embeds = torch.randn(len(batch.region_labels), 8)
+    loss = heads.loss(embeds, batch.region_labels)
+    assert torch.isfinite(loss) and loss > 0
+    with pytest.raises(RuntimeError, match="region embeddings but"):
+        heads.loss(embeds[:1], batch.region_labels)
+    grid = recipe.model.config.image_grid_size
+    with_image = RegionAuxiliaryHeads.from_samples(recipe.train_samples, [], 8, ["category"], 0.5, grid)
+    n_images = batch.inputs["pixel_values"].shape[0]
+    image_loss = with_image.image_loss(torch.randn(n_images, grid * grid, 8), batch.inputs["region_masks"],
+                                       batch.inputs["region_image_index"], batch.region_labels)
+    assert torch.isfinite(image_loss) and image_loss > 0
+
+
+def test_region_aux_weight_must_not_be_negative(world, tmp_path):
+    with pytest.raises(InvalidInputError, match="region_aux_weight' must be >= 0"):
+        make_recipe(world, tmp_path / "neg", "train.max_steps=1", "train.region_aux_weight=-1")
+
+
 def test_image_cell_targets_mark_the_cells_a_region_covers():
     from regiongpt.training.region_pretrain import image_cell_targets
 

@@ -250,6 +250,14 @@ class TrainConfig:
         "model reads.", default="features")
     region_pretrain_image_weight: float = _doc(
         "Weight of the image-token loss against the region heads' in the region-path pretraining.", default=0.25)
+    region_aux_weight: float = _doc(
+        "Weight of auxiliary losses during language-model training: linear heads on the region embeddings "
+        "(what the language model reads) predict each region's category and `train.region_pretrain_attributes`, "
+        "so the connector keeps every attribute the language model must name (brief captions) instead of only "
+        "what the first task needs (bench/demo_model.md); with `train.region_pretrain_image_labels`, a head on the "
+        "image tokens likewise keeps what each token's cell holds (weighted by `train.region_pretrain_image_weight`). "
+        "The heads live in the training state, never in the "
+        "exported model. 0 = off.", default=0.0)
     log_every: int = _doc("Write training metrics every N steps.", default=1)
     progress: bool = _doc("Show a tqdm progress bar.", default=True)
 
@@ -597,6 +605,8 @@ def validate_config(config: TrainingConfig) -> None:
         previous = phase.until_step
     if config.model.preset is None and config.model.pretrained is None:
         raise InvalidInputError("set 'model.preset' (train from scratch) or 'model.pretrained' (a checkpoint path)")
+    if t.region_aux_weight < 0:
+        raise InvalidInputError(f"'train.region_aux_weight' must be >= 0 (0 = off), got {t.region_aux_weight}")
 
 
 # ----- documentation -----------------------------------------------------------------------------

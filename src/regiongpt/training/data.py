@@ -41,6 +41,8 @@ from regiongpt.data.sources import ReadReport, Source, make_source, origin, set_
 from regiongpt.errors import InvalidInputError
 from regiongpt.processing.instructions import strip_task_suffix
 
+from .region_aux import region_label_record
+
 IGNORE_INDEX = -100
 DEFAULT_TASK = "chat"  # the task of a turn that carries none
 IMAGE_TEXT = "<image>"
@@ -331,6 +333,7 @@ class PackedImage:
     regions: list[dict[str, Any]]
     sequences: list[PackedSequence]
     dropped_pairs: int = 0
+    region_labels: list[dict[str, str]] = field(default_factory=list)  # per region: category and attributes
 
 
 @dataclass
@@ -425,7 +428,8 @@ class RegionConversationDataset(Dataset):
             formatted = self.processor.format_conversation(pairs_to_turns(group))
             sequences.append(PackedSequence(f"{sample.id}#{g}", formatted.text, formatted.target_spans,
                                             tuple(p.task for p in group)))
-        return PackedImage(sample.id, image, native_regions(sample), sequences, dropped)
+        return PackedImage(sample.id, image, native_regions(sample), sequences, dropped,
+                           [region_label_record(r) for r in sample.regions])
 
 
 # ----- order -------------------------------------------------------------------------------------
@@ -539,6 +543,7 @@ class Batch:
     n_images: int
     skipped: list[SkippedSample] = field(default_factory=list)
     dropped_pairs: int = 0
+    region_labels: list[dict[str, str]] = field(default_factory=list)  # per row of region_masks
 
     @property
     def empty(self) -> bool:
@@ -579,11 +584,12 @@ class RegionCollator:
     def __call__(self, items: Sequence[PackedImage | SkippedSample]) -> Batch:
         skipped = [item for item in items if isinstance(item, SkippedSample)]
         packed = [item for item in items if isinstance(item, PackedImage)]
-        images, texts, regions, spans, tasks, ids = [], [], [], [], [], []
+        images, texts, regions, spans, tasks, ids, region_labels = [], [], [], [], [], [], []
         for item in packed:
             for seq in item.sequences:
                 images.append(item.image)
                 regions.append(item.regions)
+                region_labels.extend(item.region_labels)
                 texts.append(seq.text)
                 spans.append(list(seq.target_spans))
                 tasks.append(seq.tasks)
@@ -598,7 +604,7 @@ class RegionCollator:
         answer_index, answer_tasks = answer_runs(labels, tasks)
         placeholders = (labels == self.processor.image_token_id) | (labels == self.processor.region_token_id)
         inputs["labels"] = labels.masked_fill(placeholders, IGNORE_INDEX)
-        return Batch(inputs, answer_index, answer_tasks, ids, len(packed), skipped, dropped)
+        return Batch(inputs, answer_index, answer_tasks, ids, len(packed), skipped, dropped, region_labels)
 
 
 __all__ = [

@@ -49,6 +49,7 @@ from .config import TrainingConfig
 from .data import Batch, load_samples, stream_samples
 from .lora import load_lora_state, merged_state_dict, save_lora_state
 from .metrics import AnswerAccuracy, MetricsWriter, StepLog, answer_loss_sum
+from .region_aux import RegionAuxiliaryHeads
 from .region_pretrain import pretrain_region_path
 
 STATE_VERSION = 1
@@ -146,6 +147,7 @@ class TrainingRecipe:
         self.total_steps = cfg.train.max_steps or max(1, int(np.ceil(cfg.train.epochs * len(self.train_samples) / per_step)))
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.total_steps)
+        self._setup_region_aux()
 
         main = self.dist.is_main  # only rank 0 writes logs
         self.metrics = MetricsWriter(self.run_dir) if main else distributed.Discard()
@@ -157,6 +159,27 @@ class TrainingRecipe:
         self.sample_log.truncate(self.step)
         if main:
             self._write_run_config()
+
+    def _setup_region_aux(self) -> None:
+        """``train.region_aux_weight``: heads on the region embeddings with an optimiser of their
+        own (at the model's learning rate), kept in the training state (``region_aux.py``)."""
+        cfg = self.config
+        self.region_aux: RegionAuxiliaryHeads | None = None
+        self.region_aux_optimizer: torch.optim.Optimizer | None = None
+        if not cfg.train.region_aux_weight:
+            return
+        if self.dist.world_size > 1:
+            raise InvalidInputError("train.region_aux_weight runs in one process; start it without torchrun")
+        if cfg.data.streaming:
+            raise InvalidInputError("train.region_aux_weight reads every training region's labels up front; "
+                                    "set data.streaming=false")
+        self.region_aux = RegionAuxiliaryHeads.from_samples(
+            self.train_samples, cfg.train.region_pretrain_attributes, self.model.config.text_config.hidden_size,
+            cfg.train.region_pretrain_image_labels, cfg.train.region_pretrain_image_weight,
+            self.model.config.image_grid_size,
+        ).to(self.device)
+        self.region_aux_optimizer = torch.optim.AdamW(self.region_aux.parameters(), lr=cfg.optim.lr,
+                                                      betas=tuple(cfg.optim.betas), weight_decay=0.0)
 
     def _checkpoint_to_resume(self) -> Path | None:
         """``train.resume``: auto (newest complete checkpoint, if any), never, or a path."""
@@ -275,8 +298,10 @@ class TrainingRecipe:
             for s in b.skipped:
                 warnings.warn(f"skipped sample {s.sample_id}: {s.reason}", stacklevel=2)
         self.optimizer.zero_grad(set_to_none=True)
+        if self.region_aux_optimizer is not None:
+            self.region_aux_optimizer.zero_grad(set_to_none=True)
         accuracy = AnswerAccuracy()
-        loss_sum, tokens = 0.0, 0
+        loss_sum, tokens, aux_sum = 0.0, 0, 0.0
         scale = distributed.loss_scale(self.dist) / max(1, n_tokens)
         for i, b in enumerate(micro):
             if n_tokens == 0:
@@ -292,9 +317,18 @@ class TrainingRecipe:
                 with self._autocast():
                     # no KV cache in training (activation checkpointing recomputes layers; a cache would grow)
                     inputs = {k: v for k, v in b.inputs.items() if k != "labels"}
-                    logits = self.wrapped(**inputs, use_cache=False).logits
+                    outputs = self.wrapped(**inputs, use_cache=False)
+                    logits = outputs.logits
                 loss = answer_loss_sum(logits, labels)
-                (loss * (weight * scale)).backward()
+                total = loss * (weight * scale)
+                if self.region_aux is not None and outputs.region_embeds is not None:
+                    aux = self.region_aux.loss(outputs.region_embeds, b.region_labels)
+                    if outputs.image_embeds is not None:
+                        aux = aux + self.region_aux.image_loss(outputs.image_embeds, b.inputs["region_masks"],
+                                                               b.inputs["region_image_index"], b.region_labels)
+                    total = total + aux * (self.config.train.region_aux_weight / len(micro))
+                    aux_sum += float(aux.detach()) / len(micro)
+                total.backward()
             if weight:
                 self._last_batch = b
                 loss_sum += float(loss.detach())
@@ -306,6 +340,10 @@ class TrainingRecipe:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm is not None else float("inf"))
             grad_norm = distributed.plain_tensor(grad_norm)
             self.optimizer.step()
+            if self.region_aux_optimizer is not None:
+                for group in self.region_aux_optimizer.param_groups:
+                    group["lr"] = self.scheduler.get_last_lr()[0]
+                self.region_aux_optimizer.step()
         else:
             warnings.warn(f"step {self.step + 1}: no learned tokens in the batch; no update", stacklevel=2)
             grad_norm = torch.tensor(0.0)
@@ -314,7 +352,8 @@ class TrainingRecipe:
         loss_sum, tokens, sequences, images = distributed.all_sum(self.dist, [
             loss_sum, tokens, sum(len(b.sequence_ids) for b in micro), sum(b.n_images for b in micro)])
         acc = distributed.merge_accuracy(self.dist, accuracy).compute()
-        return {"loss": loss_sum / max(1, n_tokens), "lr": lr, "grad_norm": float(grad_norm),
+        extra = {"region_aux_loss": aux_sum} if self.region_aux is not None else {}
+        return {**extra, "loss": loss_sum / max(1, n_tokens), "lr": lr, "grad_norm": float(grad_norm),
                 "token_acc": acc.get("all/token_acc", 0.0), "exact_match": acc.get("all/exact_match", 0.0),
                 "answer_tokens": n_tokens, "sequences": int(sequences), "tokens": int(tokens), "images": int(images)}
 
@@ -369,6 +408,8 @@ class TrainingRecipe:
             "rng": ckpt.capture_rng_state(),  # rank 0's
             "world_size": self.dist.world_size,
             "global_batch": self._global_batch(),
+            "region_aux": None if self.region_aux is None else {
+                "heads": self.region_aux.state_dict(), "optimizer": self.region_aux_optimizer.state_dict()},
         }
 
     def _global_batch(self) -> int:
@@ -423,11 +464,27 @@ class TrainingRecipe:
         else:
             distributed.load_indexed_optimizer_state(self.model, self.optimizer, state["optimizer"], self.dist)
         self.scheduler.load_state_dict(state["scheduler"])
+        self._load_region_aux_state(state.get("region_aux"), folder)
         self.step = int(state["step"])
         self.micro_batches = int(state["micro_batches"])
         self.skipped_samples = int(state["skipped_samples"])
         self.dropped_pairs = int(state["dropped_pairs"])
         ckpt.restore_rng_state(state["rng"])
+
+
+    def _load_region_aux_state(self, saved: dict[str, Any] | None, folder: Path) -> None:
+        if self.region_aux is None:
+            return
+        if saved is None:
+            warnings.warn(f"{folder} was saved without train.region_aux_weight: its auxiliary heads start fresh",
+                          stacklevel=2)
+            return
+        try:
+            self.region_aux.load_state_dict(saved["heads"])
+        except RuntimeError as error:
+            raise InvalidInputError(f"{folder}: the saved auxiliary region heads do not match this run's labels "
+                                    f"(train.region_pretrain_attributes or the data changed): {error}") from None
+        self.region_aux_optimizer.load_state_dict(saved["optimizer"])
 
 
 def run_training(config: TrainingConfig) -> dict[str, float]:

@@ -1,0 +1,101 @@
+"""Auxiliary region-label losses during language-model training (``train.region_aux_weight``).
+
+The region-path pretraining (``region_pretrain.py``) makes region features separate
+categories, colours, textures and sizes before the language model trains. Trained afterwards
+only through the language model, a small connector keeps what the first task needs and lets
+the rest erode: the built-in model's region embeddings still told colour apart 0.68 of the
+time before the connector and 0.13 after it, and brief captions (which name the colour)
+stayed at the prior (bench/demo_model.md). These heads read the region embeddings the
+language model reads, at every step, so every labelled attribute stays linearly there.
+
+With ``train.region_pretrain_image_labels`` (e.g. ``[category]``) a multi-label head on the
+image tokens the language model reads does the same for them: each token keeps saying which
+labels have an object in its cell (existence questions read image tokens, not regions). Its
+loss is weighted by ``train.region_pretrain_image_weight``, as in the pretraining.
+
+The heads belong to the training run, not to the model: they are saved in the training
+state for resuming and never exported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from regiongpt.data.native import NativeSample
+
+from .region_pretrain import PretrainLabels, image_cell_targets
+
+IGNORE = -100
+
+
+def region_label_record(region: Any) -> dict[str, str]:
+    """A region's category and string attributes: what the auxiliary heads can learn from."""
+    record = {k: v for k, v in (region.attributes or {}).items() if isinstance(v, str) and v}
+    if region.category:
+        record["category"] = region.category
+    return record
+
+
+class RegionAuxiliaryHeads(nn.Module):
+    """One linear softmax head per labelled field on the (R, D) region embeddings."""
+
+    def __init__(self, classes: Mapping[str, Sequence[str]], width: int, image_fields: Sequence[str] = (),
+                 image_classes: Sequence[str] = (), image_weight: float = 0.25, grid: int = 1):
+        super().__init__()
+        self.fields = list(classes)
+        self.index = {f: {v: i for i, v in enumerate(values)} for f, values in classes.items()}
+        self.heads = nn.ModuleDict({f: nn.Linear(width, len(values)) for f, values in classes.items()})
+        self.image_fields = list(image_fields)
+        self.image_index = {v: i for i, v in enumerate(image_classes)}
+        self.image_head = nn.Linear(width, len(image_classes)) if image_fields else None
+        self.image_weight = image_weight
+        self.grid = grid
+
+    @classmethod
+    def from_samples(cls, samples: Sequence[NativeSample], attributes: Sequence[str], width: int,
+                     image_fields: Sequence[str] = (), image_weight: float = 0.25,
+                     grid: int = 1) -> "RegionAuxiliaryHeads":
+        """Heads for the category and ``attributes`` (and the image tokens' ``image_fields``), with
+        the values the training regions use (every training region must carry them; the error
+        names the field otherwise). ``grid``: the image-token grid side."""
+        labelled = [s for s in samples if s.regions]
+        labels = PretrainLabels.from_samples(labelled, attributes, image_fields)
+        return cls(labels.region_classes, width, labels.image_fields, labels.image_classes, image_weight, grid)
+
+    def image_loss(self, image_embeds: torch.Tensor, region_masks: torch.Tensor, region_image_index: torch.Tensor,
+                   records: Sequence[Mapping[str, str]]) -> torch.Tensor:
+        """Multi-label loss of the (B, m*m, D) image tokens against which labels cover each cell
+        (summed over labels, averaged over cells), times ``image_weight``."""
+        if self.image_head is None:
+            return image_embeds.new_zeros(())
+        known = [i for i, r in enumerate(records)
+                 if " ".join(r.get(f, "") for f in self.image_fields) in self.image_index]
+        classes = torch.tensor([self.image_index[" ".join(records[i][f] for f in self.image_fields)] for i in known],
+                               dtype=torch.long, device=image_embeds.device)
+        rows = torch.tensor(known, dtype=torch.long, device=region_masks.device)
+        targets = image_cell_targets(region_masks[rows], region_image_index[rows], classes, image_embeds.shape[0],
+                                     self.grid, len(self.image_index))
+        logits = self.image_head(image_embeds.float())
+        cell_losses = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(-1)
+        return self.image_weight * cell_losses.mean()
+
+    def loss(self, region_embeds: torch.Tensor, records: Sequence[Mapping[str, str]]) -> torch.Tensor:
+        """Sum over fields of the mean cross-entropy over the regions that carry the field's label
+        (unknown values, e.g. of regions the training set never showed, are skipped)."""
+        if len(records) != region_embeds.shape[0]:
+            raise RuntimeError(f"{region_embeds.shape[0]} region embeddings but {len(records)} label records")
+        total = region_embeds.new_zeros(())
+        for field in self.fields:
+            target = torch.tensor([self.index[field].get(r.get(field), IGNORE) for r in records],
+                                  device=region_embeds.device)
+            if (target != IGNORE).any():
+                total = total + F.cross_entropy(self.heads[field](region_embeds.float()), target, ignore_index=IGNORE)
+        return total
+
+
+__all__ = ["RegionAuxiliaryHeads", "region_label_record"]
