@@ -274,3 +274,12 @@ def test_image_cell_targets_mark_the_cells_a_region_covers():
     assert targets.shape == (2, 4, 3)
     assert targets[0, :, 2].tolist() == [1, 0, 0, 0] and targets[0].sum() == 1
     assert targets[1, :, 0].tolist() == [0, 0, 1, 1] and targets[1].sum() == 2
+
+
+def test_evaluation_warns_when_validation_images_are_missing(world, tmp_path):
+    val = tmp_path / "val.jsonl"
+    lines = (world / "native" / "val.jsonl").read_text().splitlines()
+    val.write_text("\n".join(line.replace('"image": "', '"image": "missing/') for line in lines) + "\n")
+    recipe = make_recipe(world, tmp_path / "v", "train.max_steps=1", f"data.val=native:{val}")
+    with pytest.warns(UserWarning, match=r"evaluation skipped \d+ validation sample\(s\); nothing was left"):
+        recipe.evaluate()

@@ -374,8 +374,9 @@ class TrainingRecipe:
         was_training = self.model.training
         self.model.eval()
         accuracy = AnswerAccuracy()
-        loss_sum, n_tokens = 0.0, 0
+        loss_sum, n_tokens, skipped = 0.0, 0, []
         for b in self.eval_loader:
+            skipped += b.skipped
             if b.empty:
                 continue
             b.to(self.device)
@@ -386,6 +387,10 @@ class TrainingRecipe:
             n_tokens += int((labels[:, 1:] != -100).sum())
             accuracy.update(logits, labels, b.answer_index, b.answer_tasks)
         self.model.train(was_training)
+        if skipped:  # a warning, not an error: training goes on (and keeps its checkpoints)
+            none_left = "; nothing was left to evaluate" if n_tokens == 0 else ""
+            warnings.warn(f"evaluation skipped {len(skipped)} validation sample(s){none_left} (first: "
+                          f"{skipped[0].sample_id}: {skipped[0].reason}); fix data.val", stacklevel=2)
         results = {"loss": loss_sum / max(1, n_tokens), **accuracy.compute()}
         self.metrics.write(self.step, "val", results)
         self.last_eval = results
