@@ -283,3 +283,24 @@ def test_evaluation_warns_when_validation_images_are_missing(world, tmp_path):
     recipe = make_recipe(world, tmp_path / "v", "train.max_steps=1", f"data.val=native:{val}")
     with pytest.warns(UserWarning, match=r"evaluation skipped \d+ validation sample\(s\); nothing was left"):
         recipe.evaluate()
+
+
+def test_answer_averaged_loss_weighs_each_answer_equally():
+    from regiongpt.training.metrics import answer_loss_sum
+
+    torch.manual_seed(0)
+    logits = torch.randn(1, 6, 5)
+    labels = torch.tensor([[-100, 1, -100, 2, 3, 4]])  # answer 0: token 1; answer 1: tokens 3..5
+    answer_index = torch.tensor([[-1, 0, -1, 1, 1, 1]])
+    ce = torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=-100, reduction="none")
+    per_token = answer_loss_sum(logits, labels)
+    per_answer = answer_loss_sum(logits, labels, answer_index)
+    torch.testing.assert_close(per_token, ce.sum())
+    torch.testing.assert_close(per_answer, ce[0] + ce[2:5].mean())
+
+
+def test_answer_averaged_loss_trains_through_the_recipe(world, tmp_path):
+    recipe = make_recipe(world, tmp_path / "ans", "train.max_steps=2", "data.val=[]", "optim.loss_average=answer")
+    metrics = recipe.train()
+    assert metrics["answers"] >= 1 and "answer_tokens" not in metrics
+    assert torch.isfinite(torch.tensor(metrics["loss"]))

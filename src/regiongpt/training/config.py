@@ -179,6 +179,11 @@ class OptimConfig:
         "the step).", default=1)
     max_grad_norm: float | None = _doc("Clip the gradient norm to this value (null = no clipping).",
                                        default=1.0)
+    loss_average: Literal["token", "answer"] = _doc(
+        "`token`: the loss is the mean over all answer tokens of the step (long answers such as detailed "
+        "captions weigh by their length); `answer`: each answer's tokens are averaged first and the step's "
+        "answers weigh equally, so one-word answers (classification, yes/no, REC) are not drowned by "
+        "detailed captions in mixed-task batches (bench/demo_model.md).", default="token")
 
 
 @dataclass

@@ -27,12 +27,23 @@ def shifted_targets(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     return logits[:, :-1], labels[:, 1:]
 
 
-def answer_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Summed next-token cross-entropy over learned tokens (fp32); divide by the token count."""
+def answer_loss_sum(logits: torch.Tensor, labels: torch.Tensor, answer_index: torch.Tensor | None = None) -> torch.Tensor:
+    """Summed next-token cross-entropy over learned tokens (fp32); divide by the token count.
+
+    With ``answer_index`` (N, L) (the answer each position belongs to, -1 elsewhere), each
+    answer's tokens are averaged first: the sum is over answers, so divide by the answer count.
+    """
     pred, target = shifted_targets(logits, labels)
-    return torch.nn.functional.cross_entropy(
-        pred.reshape(-1, pred.shape[-1]).float(), target.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    losses = torch.nn.functional.cross_entropy(
+        pred.reshape(-1, pred.shape[-1]).float(), target.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
     )
+    if answer_index is None:
+        return losses.sum()
+    answer = answer_index[:, 1:].reshape(-1)
+    learned = (target.reshape(-1) != IGNORE_INDEX) & (answer >= 0)
+    ids = answer[learned]
+    lengths = torch.bincount(ids).clamp(min=1)
+    return (losses[learned] / lengths[ids].to(losses.dtype)).sum()
 
 
 class AnswerAccuracy:

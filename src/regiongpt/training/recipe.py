@@ -290,7 +290,10 @@ class TrainingRecipe:
         """One optimiser step over ``grad_accum`` micro-batches (on each rank); the loss is the mean
         over all learned tokens of the step on all ranks (so accumulation and more ranks equal one
         large batch)."""
-        local_tokens = sum(int((b.inputs["labels"][:, 1:] != -100).sum()) for b in micro if not b.empty)
+        per_answer = self.config.optim.loss_average == "answer"
+        # what the loss is averaged over: learned tokens, or answers (optim.loss_average)
+        local_tokens = sum(len(b.answer_tasks) if per_answer else int((b.inputs["labels"][:, 1:] != -100).sum())
+                           for b in micro if not b.empty)
         n_tokens = int(distributed.all_sum(self.dist, [local_tokens])[0])
         for b in micro:
             self.skipped_samples += len(b.skipped)
@@ -319,7 +322,7 @@ class TrainingRecipe:
                     inputs = {k: v for k, v in b.inputs.items() if k != "labels"}
                     outputs = self.wrapped(**inputs, use_cache=False)
                     logits = outputs.logits
-                loss = answer_loss_sum(logits, labels)
+                loss = answer_loss_sum(logits, labels, b.answer_index if per_answer else None)
                 total = loss * (weight * scale)
                 if self.region_aux is not None and outputs.region_embeds is not None:
                     aux = self.region_aux.loss(outputs.region_embeds, b.region_labels)
@@ -355,7 +358,7 @@ class TrainingRecipe:
         extra = {"region_aux_loss": aux_sum} if self.region_aux is not None else {}
         return {**extra, "loss": loss_sum / max(1, n_tokens), "lr": lr, "grad_norm": float(grad_norm),
                 "token_acc": acc.get("all/token_acc", 0.0), "exact_match": acc.get("all/exact_match", 0.0),
-                "answer_tokens": n_tokens, "sequences": int(sequences), "tokens": int(tokens), "images": int(images)}
+                ("answers" if per_answer else "answer_tokens"): n_tokens, "sequences": int(sequences), "tokens": int(tokens), "images": int(images)}
 
     def _stand_in(self) -> Batch:
         """The batch a rank computes with weight 0 when its own micro-batch is empty (all samples
