@@ -356,9 +356,12 @@ class TrainingRecipe:
             loss_sum, tokens, sum(len(b.sequence_ids) for b in micro), sum(b.n_images for b in micro)])
         acc = distributed.merge_accuracy(self.dist, accuracy).compute()
         extra = {"region_aux_loss": aux_sum} if self.region_aux is not None else {}
+        # per task too: the overall numbers hide a task stuck at its prior (NOTES.md)
+        per_task = {k: v for k, v in acc.items() if k.endswith("/exact_match") and not k.startswith("all/")}
         return {**extra, "loss": loss_sum / max(1, n_tokens), "lr": lr, "grad_norm": float(grad_norm),
                 "token_acc": acc.get("all/token_acc", 0.0), "exact_match": acc.get("all/exact_match", 0.0),
-                ("answers" if per_answer else "answer_tokens"): n_tokens, "sequences": int(sequences), "tokens": int(tokens), "images": int(images)}
+                **per_task, ("answers" if per_answer else "answer_tokens"): n_tokens, "sequences": int(sequences),
+                "tokens": int(tokens), "images": int(images)}
 
     def _stand_in(self) -> Batch:
         """The batch a rank computes with weight 0 when its own micro-batch is empty (all samples
