@@ -294,13 +294,26 @@ def test_answer_averaged_loss_weighs_each_answer_equally():
     answer_index = torch.tensor([[-1, 0, -1, 1, 1, 1]])
     ce = torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=-100, reduction="none")
     per_token = answer_loss_sum(logits, labels)
-    per_answer = answer_loss_sum(logits, labels, answer_index)
+    per_answer = answer_loss_sum(logits, labels, answer_index, average_answers=True)
     torch.testing.assert_close(per_token, ce.sum())
     torch.testing.assert_close(per_answer, ce[0] + ce[2:5].mean())
+    weights = torch.tensor([3.0, 0.5])  # task weights of answers 0 and 1
+    torch.testing.assert_close(answer_loss_sum(logits, labels, answer_index, True, weights),
+                               3 * ce[0] + 0.5 * ce[2:5].mean())
+    torch.testing.assert_close(answer_loss_sum(logits, labels, answer_index, False, weights),
+                               3 * ce[0] + 0.5 * ce[2:5].sum())
+
+
+def test_task_weights_name_tasks_of_the_data(world, tmp_path):
+    with pytest.raises(InvalidInputError, match=r"'optim.task_weights' names task 'recc'.*did you mean 'rec'"):
+        make_recipe(world, tmp_path / "tw", "train.max_steps=1", "optim.task_weights={recc: 2}")
+    with pytest.raises(InvalidInputError, match=r"'optim.task_weights.rec' must be a number >= 0"):
+        make_recipe(world, tmp_path / "tw", "train.max_steps=1", "optim.task_weights={rec: -1}")
 
 
 def test_answer_averaged_loss_trains_through_the_recipe(world, tmp_path):
-    recipe = make_recipe(world, tmp_path / "ans", "train.max_steps=2", "data.val=[]", "optim.loss_average=answer")
+    recipe = make_recipe(world, tmp_path / "ans", "train.max_steps=2", "data.val=[]", "optim.loss_average=answer",
+                         "optim.task_weights={rec: 3.0}")
     metrics = recipe.train()
     assert metrics["answers"] >= 1 and "answer_tokens" not in metrics
     assert torch.isfinite(torch.tensor(metrics["loss"]))

@@ -191,6 +191,7 @@ def build_train_dataset(config: TrainingConfig, samples: Sequence[NativeSample],
         check_tasks(d.tasks, present, "data.tasks")
         for i, phase in enumerate(d.task_schedule):
             check_tasks(phase.tasks, present, f"data.task_schedule[{i}].tasks")
+        check_tasks(config.optim.task_weights, present, "optim.task_weights")
     return dataset
 
 

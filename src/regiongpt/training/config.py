@@ -184,6 +184,10 @@ class OptimConfig:
         "captions weigh by their length); `answer`: each answer's tokens are averaged first and the step's "
         "answers weigh equally, so one-word answers (classification, yes/no, REC) are not drowned by "
         "detailed captions in mixed-task batches (bench/demo_model.md).", default="token")
+    task_weights: dict[str, float] = _doc(
+        "Loss weight per task (turn `task` name, e.g. `{rec: 3.0}`); tasks not named weigh 1. It multiplies "
+        "the task's tokens (`loss_average: token`) or answers (`answer`); the normaliser stays the count.",
+        default_factory=dict)
 
 
 @dataclass
@@ -610,6 +614,9 @@ def validate_config(config: TrainingConfig) -> None:
         previous = phase.until_step
     if config.model.preset is None and config.model.pretrained is None:
         raise InvalidInputError("set 'model.preset' (train from scratch) or 'model.pretrained' (a checkpoint path)")
+    for task, value in o.task_weights.items():
+        if not isinstance(value, (int, float)) or value < 0:
+            raise InvalidInputError(f"'optim.task_weights.{task}' must be a number >= 0, got {value!r}")
     if t.region_aux_weight < 0:
         raise InvalidInputError(f"'train.region_aux_weight' must be >= 0 (0 = off), got {t.region_aux_weight}")
 

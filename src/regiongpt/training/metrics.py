@@ -27,23 +27,31 @@ def shifted_targets(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     return logits[:, :-1], labels[:, 1:]
 
 
-def answer_loss_sum(logits: torch.Tensor, labels: torch.Tensor, answer_index: torch.Tensor | None = None) -> torch.Tensor:
+def answer_loss_sum(logits: torch.Tensor, labels: torch.Tensor, answer_index: torch.Tensor | None = None,
+                    average_answers: bool = False, answer_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Summed next-token cross-entropy over learned tokens (fp32); divide by the token count.
 
-    With ``answer_index`` (N, L) (the answer each position belongs to, -1 elsewhere), each
-    answer's tokens are averaged first: the sum is over answers, so divide by the answer count.
+    ``answer_index`` (N, L): the answer each position belongs to (-1 elsewhere). With
+    ``average_answers`` each answer's tokens are averaged first, so the sum is over answers
+    (divide by the answer count); ``answer_weights`` (A,) scale each answer's tokens.
     """
     pred, target = shifted_targets(logits, labels)
     losses = torch.nn.functional.cross_entropy(
         pred.reshape(-1, pred.shape[-1]).float(), target.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
     )
-    if answer_index is None:
+    if not average_answers and answer_weights is None:
         return losses.sum()
+    if answer_index is None:
+        raise ValueError("answer averaging and answer weights need answer_index")
     answer = answer_index[:, 1:].reshape(-1)
     learned = (target.reshape(-1) != IGNORE_INDEX) & (answer >= 0)
     ids = answer[learned]
-    lengths = torch.bincount(ids).clamp(min=1)
-    return (losses[learned] / lengths[ids].to(losses.dtype)).sum()
+    kept = losses[learned]
+    if average_answers:
+        kept = kept / torch.bincount(ids).clamp(min=1)[ids].to(kept.dtype)
+    if answer_weights is not None:
+        kept = kept * answer_weights.to(kept.device, kept.dtype)[ids]
+    return kept.sum()
 
 
 class AnswerAccuracy:

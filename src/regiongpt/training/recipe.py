@@ -322,7 +322,7 @@ class TrainingRecipe:
                     inputs = {k: v for k, v in b.inputs.items() if k != "labels"}
                     outputs = self.wrapped(**inputs, use_cache=False)
                     logits = outputs.logits
-                loss = answer_loss_sum(logits, labels, b.answer_index if per_answer else None)
+                loss = answer_loss_sum(logits, labels, b.answer_index, per_answer, self._answer_weights(b))
                 total = loss * (weight * scale)
                 if self.region_aux is not None and outputs.region_embeds is not None:
                     aux = self.region_aux.loss(outputs.region_embeds, b.region_labels)
@@ -362,6 +362,13 @@ class TrainingRecipe:
                 "token_acc": acc.get("all/token_acc", 0.0), "exact_match": acc.get("all/exact_match", 0.0),
                 **per_task, ("answers" if per_answer else "answer_tokens"): n_tokens, "sequences": int(sequences),
                 "tokens": int(tokens), "images": int(images)}
+
+    def _answer_weights(self, batch: Batch) -> torch.Tensor | None:
+        """(A,) loss weight of each answer of the batch from ``optim.task_weights`` (None: all 1)."""
+        weights = self.config.optim.task_weights
+        if not weights:
+            return None
+        return torch.tensor([float(weights.get(task, 1.0)) for task in batch.answer_tasks])
 
     def _stand_in(self) -> Batch:
         """The batch a rank computes with weight 0 when its own micro-batch is empty (all samples
