@@ -39,6 +39,14 @@ def run(command: list[str]) -> float:
     return time.time() - start
 
 
+def planned_steps(run_dir: Path) -> int:
+    """train.max_steps of the run (0 when its config.yaml says nothing)."""
+    import yaml
+
+    config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+    return int((config.get("train") or {}).get("max_steps") or 0)
+
+
 def newest_checkpoint(run_dir: Path) -> Path:
     checkpoints = sorted(p for p in run_dir.glob("ckpt-*") if p.is_dir() and not p.name.endswith(".tmp"))
     if not checkpoints:
@@ -110,7 +118,7 @@ def write_report(args, train_command, times, results, size_mb) -> None:
         f"- world: {args.images} images (seed {args.seed}), {args.val_images} held out",
         f"- training command: `{' '.join(str(c) for c in train_command[2:])}`",
         f"- trained {times['steps']} optimiser steps"
-        + (" (stopped before the configured end; see below)" if args.skip_train else ""),
+        + (" (stopped before the configured end)" if times["steps"] < planned_steps(args.workdir / "run") else ""),
         f"- time: synth {times.get('synth_s', 0):.0f} s, train {times['train_s'] / 60:.1f} min, "
         f"eval {times['eval_s']:.0f} s",
         f"- weights: {size_mb:.1f} MB safetensors",

@@ -69,6 +69,8 @@ class RegionGPTConfig(PreTrainedConfig):
         region_shape_encoder: add an encoding of each region's mask shape and box geometry
             to its pooled feature (zero-initialised; for small models, see region_shape.py).
         region_shape_size: side of the cropped mask the shape encoder reads.
+        region_shape_pixels: the shape encoder also reads the region's masked pixels in that
+            crop (a focal crop: small objects' colour and texture at crop resolution).
         region_number_embedding: add a code of each region's number within its image
             (`<regionK>`'s K) to its embedding (zero-initialised; for small models that cannot
             count the candidate list of a REC prompt, see region_number.py).
@@ -111,6 +113,7 @@ class RegionGPTConfig(PreTrainedConfig):
     feature_position_embedding: bool = False
     region_shape_encoder: bool = False
     region_shape_size: int = 16
+    region_shape_pixels: bool = False
     region_number_embedding: bool = False
     projector_hidden_act: str = "gelu"
     multimodal_projector_bias: bool = True
@@ -153,6 +156,8 @@ class RegionGPTConfig(PreTrainedConfig):
             )
         if self.image_token_id == self.region_token_id:
             raise ValueError("image_token_id and region_token_id must differ")
+        if self.region_shape_pixels and not self.region_shape_encoder:
+            raise ValueError("region_shape_pixels needs region_shape_encoder=True (it is an input of that encoder)")
 
 
 __all__ = ["RegionGPTConfig"]

@@ -49,6 +49,7 @@ class VisionFeatures(ModelOutput):
     image_features: torch.Tensor | None = None  # (B, m*m, C) the same tokens before the connector
     region_maps: torch.Tensor | None = None  # (B, C, g*f, g*f) refined map for mask pooling
     coarse_maps: torch.Tensor | None = None  # (B, C, g, g) vision grid (RoI ablation)
+    pixel_values: torch.Tensor | None = None  # (B, 3, S, S) the input, kept when the shape encoder reads pixels
 
 
 @dataclass
@@ -56,6 +57,7 @@ class RegionGPTOutput(CausalLMOutputWithPast):
     """Causal-LM output plus the region embeddings that were placed in the sequence."""
 
     region_embeds: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None  # (B, m*m, D) the image tokens placed in the sequence
 
 
 class RegionGPTPreTrainedModel(PreTrainedModel):
@@ -97,7 +99,7 @@ class RegionGPTModel(RegionGPTPreTrainedModel):
             else Connector(config.vision_feature_dim, text_dim, config.projector_hidden_act, config.multimodal_projector_bias)
         )
         self.region_shape_encoder = (
-            RegionShapeEncoder(config.vision_feature_dim, config.region_shape_size)
+            RegionShapeEncoder(config.vision_feature_dim, config.region_shape_size, pixels=config.region_shape_pixels)
             if config.region_shape_encoder
             else None
         )
@@ -138,8 +140,10 @@ class RegionGPTModel(RegionGPTPreTrainedModel):
         refined, branch = self.feature_refiner.refine(coarse)  # (B, C, g*f, g*f)
         image_map = self.feature_refiner.image_map(coarse, branch, config.image_grid_size)  # (B, C, m, m)
         image_tokens = image_map.flatten(2).transpose(1, 2)  # (B, m*m, C)
+        keep_pixels = self.region_shape_encoder is not None and self.region_shape_encoder.pixels
         return VisionFeatures(image_embeds=self.connector(image_tokens), image_features=image_tokens,
-                              region_maps=refined, coarse_maps=coarse)
+                              region_maps=refined, coarse_maps=coarse,
+                              pixel_values=pixel_values if keep_pixels else None)
 
     def pool_regions(
         self,
@@ -165,7 +169,8 @@ class RegionGPTModel(RegionGPTPreTrainedModel):
         if self.region_shape_encoder is not None:
             if region_masks is None:
                 raise ValueError("the region shape encoder needs region_masks (the processor provides them)")
-            pooled = pooled + self.region_shape_encoder(region_masks.to(pooled.device)).to(pooled.dtype)
+            shape = self.region_shape_encoder(region_masks.to(pooled.device), vision.pixel_values, region_image_index)
+            pooled = pooled + shape.to(pooled.dtype)
         return pooled
 
     def encode_regions(
@@ -247,11 +252,11 @@ class RegionGPTModel(RegionGPTPreTrainedModel):
         """Encode images and regions (when given), place them, and run the language model.
 
         ``vision_features`` lets a caller reuse one image encoding for many questions.
-        Returns the language model's output with ``region_embeds`` attached.
+        Returns the language model's output with ``region_embeds`` and ``image_embeds`` attached.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids or inputs_embeds")
-        region_embeds = None
+        region_embeds = image_embeds = None
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
             if vision_features is None and pixel_values is not None:
@@ -276,6 +281,7 @@ class RegionGPTModel(RegionGPTPreTrainedModel):
             **kwargs,
         )
         outputs["region_embeds"] = region_embeds
+        outputs["image_embeds"] = image_embeds
         return outputs
 
 
@@ -368,6 +374,7 @@ class RegionGPTForConditionalGeneration(RegionGPTPreTrainedModel, GenerationMixi
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             region_embeds=outputs.get("region_embeds"),
+            image_embeds=outputs.get("image_embeds"),
         )
 
     def prepare_inputs_for_generation(

@@ -2,6 +2,12 @@
 *shape* — the mask cropped to its bounding box and resized to ``size x size`` — and its
 geometry (centre, size, area) into a vector added to the region's pooled feature.
 
+With ``pixels=True`` it also reads the region's own pixels in that crop (the model-input
+image times the mask, a "focal crop" in the sense of Describe Anything): a small object's
+colour and texture then reach the region at crop resolution instead of through one or two
+cells of a stride-16 feature map, where a from-scratch CNN tower loses them
+(bench/demo_model.md).
+
 Mask pooling averages features over the region, which keeps what the region contains but
 not the outline the user drew, nor where it is. Large CLIP features carry both implicitly;
 a small CNN trained from scratch does not. The output layer starts at zero, so turning the
@@ -33,41 +39,77 @@ def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
     return torch.stack([x1, y1, x2, y2], 1).float()
 
 
-def crop_masks(masks: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
-    """(R, 1, size, size): each mask resampled inside its box (bilinear, pixel-edge convention)."""
-    height, width = masks.shape[-2:]
-    steps = (torch.arange(size, device=masks.device, dtype=torch.float32) + 0.5) / size
+def box_sampling_grid(boxes: torch.Tensor, height: int, width: int, size: int) -> torch.Tensor:
+    """(R, size, size, 2) grid_sample coordinates of a size x size lattice inside each xyxy pixel box."""
+    steps = (torch.arange(size, device=boxes.device, dtype=torch.float32) + 0.5) / size
     xs = boxes[:, 0:1] + (boxes[:, 2:3] - boxes[:, 0:1]) * steps  # (R, size) pixel coordinates
     ys = boxes[:, 1:2] + (boxes[:, 3:4] - boxes[:, 1:2]) * steps
     gx = xs / width * 2 - 1
     gy = ys / height * 2 - 1
-    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)
+    return torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)
+
+
+def crop_masks(masks: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """(R, 1, size, size): each mask resampled inside its box (bilinear, pixel-edge convention)."""
+    grid = box_sampling_grid(boxes, *masks.shape[-2:], size)
     return F.grid_sample(masks[:, None].float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-class RegionShapeEncoder(nn.Module):
-    """(R, H, W) soft masks -> (R, out_dim) shape-and-geometry features."""
+def crop_region_pixels(pixels: torch.Tensor, masks: torch.Tensor, image_index: torch.Tensor, boxes: torch.Tensor,
+                       size: int) -> torch.Tensor:
+    """(R, 3, size, size): each region's pixels (its image's, times its mask) inside its box.
 
-    def __init__(self, out_dim: int, size: int = 16, channels: int = 32):
+    Sampled at twice the crop size and averaged down, so a large region's fine texture is
+    averaged rather than aliased.
+    """
+    grid = box_sampling_grid(boxes, *masks.shape[-2:], 2 * size)
+    images = pixels.float()[image_index]  # (R, 3, S, S)
+    masked = images * masks[:, None].float()
+    crops = F.grid_sample(masked, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return F.avg_pool2d(crops, 2)
+
+
+class RegionShapeEncoder(nn.Module):
+    """(R, H, W) soft masks (and, with ``pixels``, the images) -> (R, out_dim) region features."""
+
+    def __init__(self, out_dim: int, size: int = 16, channels: int = 32, pixels: bool = False):
         super().__init__()
         self.size = size
-        self.conv = nn.Sequential(
-            nn.Conv2d(1, channels, 3, padding=1), nn.GELU(),
-            nn.Conv2d(channels, channels, 3, stride=2, padding=1), nn.GELU(),
-            nn.Conv2d(channels, channels, 3, stride=2, padding=1), nn.GELU(),
-        )
-        flat = channels * ((size + 3) // 4) ** 2
+        self.pixels = pixels
+        self.conv = self._branch(1, channels)  # the mask's outline
+        # the region's pixels: a branch of its own, so texture edges do not drown the outline
+        self.pixel_conv = self._branch(3, channels) if pixels else None
+        flat = channels * ((size + 3) // 4) ** 2 * (2 if pixels else 1)
         self.hidden = nn.Linear(flat + GEOMETRY_FEATURES, out_dim)
         self.out = nn.Linear(out_dim, out_dim)
         self.out.zero_init = True  # read by the model's weight init: starts as a no-op
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, masks: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _branch(in_channels: int, channels: int) -> nn.Sequential:
+        return nn.Sequential(
+            nn.Conv2d(in_channels, channels, 3, padding=1), nn.GELU(),
+            nn.Conv2d(channels, channels, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(channels, channels, 3, stride=2, padding=1), nn.GELU(),
+        )
+
+    def forward(self, masks: torch.Tensor, pixels: torch.Tensor | None = None,
+                image_index: torch.Tensor | None = None) -> torch.Tensor:
+        """masks (R, S, S); pixels (B, 3, S, S) model-input images and image_index (R,) when
+        the encoder reads pixels."""
         masks = masks.float()
         height, width = masks.shape[-2:]
         boxes = mask_boxes(masks)
         shape = self.conv(crop_masks(masks, boxes, self.size)).flatten(1)
+        if self.pixel_conv is not None:
+            if pixels is None or image_index is None:
+                raise ValueError("this region shape encoder reads pixels: pass the images and region_image_index")
+            if pixels.shape[-2:] != masks.shape[-2:]:
+                raise ValueError(f"images are {tuple(pixels.shape[-2:])} but masks {tuple(masks.shape[-2:])}; "
+                                 "both must be in model-input pixels")
+            crops = crop_region_pixels(pixels, masks, image_index.long(), boxes, self.size)  # (R, 3, size, size)
+            shape = torch.cat([shape, self.pixel_conv(crops).flatten(1)], 1)
         scale = boxes.new_tensor([width, height, width, height])
         b = boxes / scale
         geometry = torch.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, b[:, 2] - b[:, 0],
