@@ -489,8 +489,8 @@ class TrainingRecipe:
         self.dropped_pairs = int(state["dropped_pairs"])
         ckpt.restore_rng_state(state["rng"])
 
-
     def _load_region_aux_state(self, saved: dict[str, Any] | None, folder: Path) -> None:
+        """Restore the auxiliary heads and their optimiser (``train.region_aux_weight``)."""
         if self.region_aux is None:
             return
         if saved is None:

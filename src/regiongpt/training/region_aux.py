@@ -28,9 +28,8 @@ from torch.nn import functional as F
 
 from regiongpt.data.native import NativeSample
 
-from .region_pretrain import PretrainLabels, image_cell_targets
-
-IGNORE = -100
+from .metrics import IGNORE_INDEX as IGNORE
+from .region_pretrain import PretrainLabels, image_cell_loss, image_cell_targets
 
 
 def region_label_record(region: Any) -> dict[str, str]:
@@ -63,8 +62,7 @@ class RegionAuxiliaryHeads(nn.Module):
         """Heads for the category and ``attributes`` (and the image tokens' ``image_fields``), with
         the values the training regions use (every training region must carry them; the error
         names the field otherwise). ``grid``: the image-token grid side."""
-        labelled = [s for s in samples if s.regions]
-        labels = PretrainLabels.from_samples(labelled, attributes, image_fields)
+        labels = PretrainLabels.from_samples(samples, attributes, image_fields)
         return cls(labels.region_classes, width, labels.image_fields, labels.image_classes, image_weight, grid)
 
     def image_loss(self, image_embeds: torch.Tensor, region_masks: torch.Tensor, region_image_index: torch.Tensor,
@@ -73,16 +71,13 @@ class RegionAuxiliaryHeads(nn.Module):
         (summed over labels, averaged over cells), times ``image_weight``."""
         if self.image_head is None:
             return image_embeds.new_zeros(())
-        known = [i for i, r in enumerate(records)
-                 if " ".join(r.get(f, "") for f in self.image_fields) in self.image_index]
-        classes = torch.tensor([self.image_index[" ".join(records[i][f] for f in self.image_fields)] for i in known],
-                               dtype=torch.long, device=image_embeds.device)
+        labels = [self.image_index.get(" ".join(r.get(f, "") for f in self.image_fields)) for r in records]
+        known = [i for i, label in enumerate(labels) if label is not None]
+        classes = torch.tensor([labels[i] for i in known], dtype=torch.long, device=image_embeds.device)
         rows = torch.tensor(known, dtype=torch.long, device=region_masks.device)
         targets = image_cell_targets(region_masks[rows], region_image_index[rows], classes, image_embeds.shape[0],
                                      self.grid, len(self.image_index))
-        logits = self.image_head(image_embeds.float())
-        cell_losses = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(-1)
-        return self.image_weight * cell_losses.mean()
+        return self.image_weight * image_cell_loss(self.image_head(image_embeds.float()), targets)
 
     def loss(self, region_embeds: torch.Tensor, records: Sequence[Mapping[str, str]]) -> torch.Tensor:
         """Sum over fields of the mean cross-entropy over the regions that carry the field's label

@@ -96,6 +96,12 @@ def image_cell_targets(region_masks: torch.Tensor, region_image_index: torch.Ten
     return targets
 
 
+def image_cell_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Multi-label loss of (B, cells, K) image-token logits: summed over labels, averaged over
+    cells (comparable in size to one region head's cross-entropy)."""
+    return F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(-1).mean()
+
+
 def pretrain_region_path(model: nn.Module, processor, samples: Sequence[NativeSample], steps: int, lr: float,
                          batch_size: int, seed: int, device: torch.device, attributes: Sequence[str] = (),
                          image_labels: Sequence[str] = (), image_weight: float = 0.25,
@@ -158,9 +164,7 @@ def pretrain_region_path(model: nn.Module, processor, samples: Sequence[NativeSa
                                    device=device)
             targets = image_cell_targets(masks, image_index, classes, len(batch), grid, len(labels.image_classes))
             logits = image_head(vision.image_features.float())  # (B, grid*grid, n_classes)
-            # summed over labels, averaged over cells: comparable in size to the region heads' losses
-            cell_losses = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(-1)
-            loss = loss + image_weight * cell_losses.mean()
+            loss = loss + image_weight * image_cell_loss(logits, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
