@@ -12,6 +12,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from regiongpt import RegionGPTForConditionalGeneration, RegionGPTProcessor
 from regiongpt.data.synth import write_world
 from regiongpt.errors import InvalidInputError
+from regiongpt.training.builders import build_train_loader
 from regiongpt.training.checkpointing import load_training_state
 from regiongpt.training.config import load_config
 from regiongpt.training.recipe import TrainingRecipe
@@ -317,3 +318,16 @@ def test_answer_averaged_loss_trains_through_the_recipe(world, tmp_path):
     metrics = recipe.train()
     assert metrics["answers"] >= 1 and "answer_tokens" not in metrics
     assert torch.isfinite(torch.tensor(metrics["loss"]))
+
+
+def test_independent_turns_train_and_evaluate_through_the_recipe(world, tmp_path):
+    """data.independent_tasks: the recipe trains (fp32 and bf16) and evaluates with the turn mask."""
+    recipe = make_recipe(world, tmp_path / "ind", "train.max_steps=2", "eval.every_steps=2",
+                         "data.independent_tasks=[rec, existence]", "train.dtype=bf16")
+    loader = build_train_loader(recipe.train_dataset, recipe.processor, recipe.config, 0, 1)
+    batch = next(iter(loader))
+    assert batch.inputs["attention_mask"].dim() == 4 and "position_ids" in batch.inputs
+    metrics = recipe.train()
+    assert torch.isfinite(torch.tensor(metrics["loss"])) and metrics["val/rec/answers"] > 0
+    with pytest.raises(InvalidInputError, match=r"'data.independent_tasks' names task 'existance'.*'existence'"):
+        make_recipe(world, tmp_path / "bad", "train.max_steps=1", "data.independent_tasks=[existance]")

@@ -185,13 +185,15 @@ def build_train_dataset(config: TrainingConfig, samples: Sequence[NativeSample],
     """The training set: per-epoch turn shuffling, packing to ``data.max_length``; tasks checked."""
     d = config.data
     dataset = RegionConversationDataset(samples, processor, d.max_length, seed=config.train.seed,
-                                        shuffle_turns=d.shuffle_turns, strict=d.strict)
+                                        shuffle_turns=d.shuffle_turns, strict=d.strict,
+                                        independent_tasks=d.independent_tasks)
     if not dataset.streamed:  # streamed data is not read ahead: a task of a later sample would be missed
         present = dataset.tasks_present()
         check_tasks(d.tasks, present, "data.tasks")
         for i, phase in enumerate(d.task_schedule):
             check_tasks(phase.tasks, present, f"data.task_schedule[{i}].tasks")
         check_tasks(config.optim.task_weights, present, "optim.task_weights")
+        check_tasks(d.independent_tasks, present, "data.independent_tasks")
     return dataset
 
 
@@ -210,7 +212,7 @@ def build_train_loader(dataset: RegionConversationDataset, processor: RegionGPTP
                                d.shuffle, task_schedule(d), start_micro, total_micro, rank=rank,
                                world_size=world_size, lengths=lengths)
     # Its own generator, so creating the loader never draws from the global torch RNG.
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=RegionCollator(processor),
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=RegionCollator(processor, d.independent_tasks),
                       num_workers=d.num_workers, generator=torch.Generator().manual_seed(config.train.seed))
 
 
@@ -222,10 +224,12 @@ def build_eval_loader(config: TrainingConfig, processor: RegionGPTProcessor) -> 
     samples = load_samples(config.data.val, e.max_samples)
     if not samples:
         raise InvalidInputError(f"data.val {config.data.val} has no samples")
-    dataset = RegionConversationDataset(samples, processor, config.data.max_length, strict=config.data.strict)
+    independent = config.data.independent_tasks
+    dataset = RegionConversationDataset(samples, processor, config.data.max_length, strict=config.data.strict,
+                                        independent_tasks=independent)
     check_tasks(e.tasks, dataset.tasks_present(), "eval.tasks")
     sampler = EvalBatchSampler(len(dataset), e.batch_size, tuple(e.tasks) if e.tasks is not None else None)
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=RegionCollator(processor),
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=RegionCollator(processor, independent),
                       num_workers=config.data.num_workers, generator=torch.Generator().manual_seed(0))
 
 

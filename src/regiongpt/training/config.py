@@ -138,6 +138,12 @@ class DataConfig:
     tasks: list[str] | None = _doc(
         "Tasks to train (turn `task` names; turns without one count as `chat`); null = all.",
         default=None)
+    independent_tasks: list[str] = _doc(
+        "Tasks whose turns are trained as if each were asked alone about the image: in a packed sequence "
+        "such a turn sees the image and its own question, not the turns before it, so its answer cannot be "
+        "copied from earlier answers (a REC phrase from a brief caption of the same region, a yes/no "
+        "category from a classification answer). The image is still encoded once per sequence. "
+        "See regiongpt/training/independent_turns.py.", default_factory=list)
     task_schedule: list[TaskPhase] = _doc(
         "Phases that restrict the tasks early in training, e.g. `[{until_step: 500, tasks: "
         "[classify]}]` trains classification only for 500 steps, then `tasks`.",

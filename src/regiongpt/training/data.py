@@ -41,11 +41,11 @@ from regiongpt.data.sources import ReadReport, Source, make_source, origin, set_
 from regiongpt.errors import InvalidInputError
 from regiongpt.processing.instructions import strip_task_suffix
 
+from .independent_turns import format_sequence, pairs_to_turns, segment_mask, split_pairs
 from .region_aux import region_label_record
 
 IGNORE_INDEX = -100
 DEFAULT_TASK = "chat"  # the task of a turn that carries none
-IMAGE_TEXT = "<image>"
 _IMAGE_IN_TEXT = re.compile(r"\s*<image>\s*")
 _REGION_REFERENCE = re.compile(r"<region\d+>")
 
@@ -257,27 +257,20 @@ def conversation_pairs(sample: NativeSample, task_suffix: bool = True) -> list[Q
     return pairs
 
 
-def pairs_to_turns(pairs: Sequence[QAPair]) -> list[dict[str, str]]:
-    """LLaVA-style turns of packed pairs; the image goes at the start of the first question."""
-    turns = []
-    for i, pair in enumerate(pairs):
-        question = f"{IMAGE_TEXT}\n{pair.question}" if i == 0 else pair.question
-        turns += [{"from": "human", "value": question}, {"from": "gpt", "value": pair.answer}]
-    return turns
-
-
 class SequenceLength:
     """Tokens of a packed sequence after placeholder expansion, without building it.
 
     ``<image>`` expands to ``image_seq_length`` tokens and each ``<regionK>`` to one
     ``<region>`` token; both are special tokens, so counting them unexpanded is exact.
+    Turns of ``independent`` tasks are laid out as :func:`format_sequence` does.
     """
 
-    def __init__(self, processor: Any):
+    def __init__(self, processor: Any, independent: frozenset[str] = frozenset()):
         self.processor = processor
+        self.independent = independent
 
     def __call__(self, pairs: Sequence[QAPair]) -> int:
-        text = self.processor.format_conversation(pairs_to_turns(pairs)).text
+        text = format_sequence(self.processor, pairs, self.independent).text
         text = _REGION_REFERENCE.sub(self.processor.region_token, text)
         n = len(self.processor.tokenizer(text, add_special_tokens=True)["input_ids"])
         return n + (self.processor.image_seq_length - 1) * text.count(self.processor.image_token)
@@ -359,7 +352,7 @@ class RegionConversationDataset(Dataset):
     """Image samples -> :class:`PackedImage` (or :class:`SkippedSample`), indexed by :class:`SampleKey`."""
 
     def __init__(self, samples: Sequence[NativeSample], processor: Any, max_length: int, seed: int = 0,
-                 shuffle_turns: bool = False, strict: bool = False):
+                 shuffle_turns: bool = False, strict: bool = False, independent_tasks: Iterable[str] = ()):
         self.streamed = isinstance(samples, StreamedNativeSamples)
         self.samples = samples if self.streamed else list(samples)
         self.processor = processor
@@ -367,7 +360,8 @@ class RegionConversationDataset(Dataset):
         self.seed = seed
         self.shuffle_turns = shuffle_turns
         self.strict = strict
-        self.length = SequenceLength(processor)
+        self.independent = frozenset(independent_tasks)  # turns that see only the image (independent_turns.py)
+        self.length = SequenceLength(processor, self.independent)
         # Streamed samples are parsed when used; otherwise all conversations are split up front.
         self.task_suffix = getattr(processor, "task_suffix", True)
         self._pairs = None if self.streamed else [conversation_pairs(s, self.task_suffix) for s in self.samples]
@@ -397,6 +391,9 @@ class RegionConversationDataset(Dataset):
         pairs = [p for p in all_pairs if key.tasks is None or p.task in key.tasks]
         if self.shuffle_turns:
             random.Random(f"turns:{self.seed}:{key.epoch}:{key.index}").shuffle(pairs)
+        if self.independent:  # the ordinary conversation first, as each packed sequence lays it out
+            ordinary, alone = split_pairs(pairs, self.independent)
+            pairs = ordinary + alone
         return pairs
 
     def __getitem__(self, key: SampleKey | int) -> PackedImage | SkippedSample:
@@ -425,7 +422,7 @@ class RegionConversationDataset(Dataset):
             return SkippedSample(sample.id, reason)
         sequences = []
         for g, group in enumerate(groups):
-            formatted = self.processor.format_conversation(pairs_to_turns(group))
+            formatted = format_sequence(self.processor, group, self.independent)
             sequences.append(PackedSequence(f"{sample.id}#{g}", formatted.text, formatted.target_spans,
                                             tuple(p.task for p in group)))
         return PackedImage(sample.id, image, native_regions(sample), sequences, dropped,
@@ -544,6 +541,7 @@ class Batch:
     skipped: list[SkippedSample] = field(default_factory=list)
     dropped_pairs: int = 0
     region_labels: list[dict[str, str]] = field(default_factory=list)  # per row of region_masks
+    tokens: int = 0  # real (not padding) tokens
 
     @property
     def empty(self) -> bool:
@@ -576,10 +574,16 @@ def answer_runs(labels: torch.Tensor, tasks: Sequence[Sequence[str]]) -> tuple[t
 
 
 class RegionCollator:
-    """Packed images -> one right-padded :class:`Batch` (labels -100 on prompts, placeholders, padding)."""
+    """Packed images -> one right-padded :class:`Batch` (labels -100 on prompts, placeholders, padding).
 
-    def __init__(self, processor: Any):
+    With ``independent_tasks`` the batch's ``attention_mask`` is the (N, 1, L, L) boolean mask
+    of :func:`~regiongpt.training.independent_turns.segment_mask` and ``position_ids`` come
+    with it; otherwise the usual (N, L) padding mask.
+    """
+
+    def __init__(self, processor: Any, independent_tasks: Iterable[str] = ()):
         self.processor = processor
+        self.independent = frozenset(independent_tasks)
 
     def __call__(self, items: Sequence[PackedImage | SkippedSample]) -> Batch:
         skipped = [item for item in items if isinstance(item, SkippedSample)]
@@ -604,7 +608,12 @@ class RegionCollator:
         answer_index, answer_tasks = answer_runs(labels, tasks)
         placeholders = (labels == self.processor.image_token_id) | (labels == self.processor.region_token_id)
         inputs["labels"] = labels.masked_fill(placeholders, IGNORE_INDEX)
-        return Batch(inputs, answer_index, answer_tasks, ids, len(packed), skipped, dropped, region_labels)
+        tokens = int(inputs["attention_mask"].sum())
+        if self.independent and any(task in self.independent for task in answer_tasks):
+            inputs["attention_mask"], inputs["position_ids"] = segment_mask(
+                inputs["input_ids"], inputs["attention_mask"], answer_index,
+                [task in self.independent for task in answer_tasks], self.processor.image_token_id)
+        return Batch(inputs, answer_index, answer_tasks, ids, len(packed), skipped, dropped, region_labels, tokens)
 
 
 __all__ = [

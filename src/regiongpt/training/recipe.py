@@ -47,6 +47,7 @@ from .builders import (
 )
 from .config import TrainingConfig
 from .data import Batch, load_samples, stream_samples
+from .independent_turns import attention_mask_for
 from .lora import load_lora_state, merged_state_dict, save_lora_state
 from .metrics import AnswerAccuracy, MetricsWriter, StepLog, answer_loss_sum
 from .region_aux import RegionAuxiliaryHeads
@@ -286,6 +287,20 @@ class TrainingRecipe:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def _model_inputs(self, b: Batch) -> dict[str, torch.Tensor]:
+        """The batch's model inputs; an independent-turn mask (data.independent_tasks) in the form the
+        language model's attention takes."""
+        inputs = {k: v for k, v in b.inputs.items() if k != "labels"}
+        mask = inputs.get("attention_mask")
+        if mask is not None and mask.dim() == 4:
+            implementation = self.model.config.text_config._attn_implementation
+            if implementation not in ("sdpa", "eager"):
+                raise InvalidInputError(
+                    f"data.independent_tasks needs SDPA or eager attention (a per-token attention mask); the "
+                    f"language model uses {implementation!r}: load it with attn_implementation='sdpa'")
+            inputs["attention_mask"] = attention_mask_for(mask, implementation, torch.float32)
+        return inputs
+
     def train_step(self, micro: list[Batch]) -> dict[str, float]:
         """One optimiser step over ``grad_accum`` micro-batches (on each rank); the loss is the mean
         over all learned tokens of the step on all ranks (so accumulation and more ranks equal one
@@ -319,8 +334,7 @@ class TrainingRecipe:
             with distributed.gradient_sync(self.wrapped, self.dist, sync=i == len(micro) - 1):
                 with self._autocast():
                     # no KV cache in training (activation checkpointing recomputes layers; a cache would grow)
-                    inputs = {k: v for k, v in b.inputs.items() if k != "labels"}
-                    outputs = self.wrapped(**inputs, use_cache=False)
+                    outputs = self.wrapped(**self._model_inputs(b), use_cache=False)
                     logits = outputs.logits
                 loss = answer_loss_sum(logits, labels, b.answer_index, per_answer, self._answer_weights(b))
                 total = loss * (weight * scale)
@@ -335,7 +349,7 @@ class TrainingRecipe:
             if weight:
                 self._last_batch = b
                 loss_sum += float(loss.detach())
-                tokens += int(b.inputs["attention_mask"].sum())
+                tokens += b.tokens
                 accuracy.update(logits.detach(), labels, b.answer_index, b.answer_tasks)
         params = [p for p in self.model.parameters() if p.requires_grad]
         if n_tokens:
@@ -395,7 +409,7 @@ class TrainingRecipe:
             b.to(self.device)
             labels = b.inputs["labels"]
             with self._autocast():
-                logits = self.model(**{k: v for k, v in b.inputs.items() if k != "labels"}).logits
+                logits = self.model(**self._model_inputs(b)).logits
             loss_sum += float(answer_loss_sum(logits, labels))
             n_tokens += int((labels[:, 1:] != -100).sum())
             accuracy.update(logits, labels, b.answer_index, b.answer_tasks)

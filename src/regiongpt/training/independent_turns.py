@@ -1,0 +1,120 @@
+"""Independent turns: questions trained as if each were asked alone about the image.
+
+A packed training sequence holds many turns about one image. A turn's answer may be written
+in the turns before it: "which of <region1>..<region5> is 'the red bar'?" is answered by
+copying the region number from an earlier brief caption "<region3> -> small red checkered
+bar", and "is there a bar?" by finding "bar" among earlier classification answers. A model
+trained that way learns to read the conversation, not the image, and fails when the question
+comes alone, as it does in evaluation (bench/demo_model.md measured REC and yes/no at
+their priors this way).
+
+Turns of the tasks in ``data.independent_tasks`` are laid out after the image as a
+single-turn question would be ("<image>" then "\\nQUESTION ASSISTANT: ANSWER</s>") and an
+attention mask lets each see only the image prefix and itself; its positions restart
+after the prefix. So one encoding of the image still serves every turn, and each
+independent turn is computed exactly as the same question asked alone (tested). The other
+turns form one ordinary conversation before them and see each other, never the
+independent ones.
+
+Segments of a sequence (token level): 0 = the prefix up to the last image token (the
+first token when the sequence has no image); then one segment per answer: the tokens after
+the previous answer (or the prefix) through the end of this answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from regiongpt.processing.templates import FormattedConversation
+
+IMAGE_TEXT = "<image>"
+
+
+def split_pairs(pairs: Sequence, independent: frozenset[str]) -> tuple[list, list]:
+    """(ordinary pairs, independent pairs), each in the given order."""
+    return ([p for p in pairs if p.task not in independent], [p for p in pairs if p.task in independent])
+
+
+def format_sequence(processor, pairs: Sequence, independent: frozenset[str]) -> FormattedConversation:
+    """The text and learned spans of one packed sequence: the ordinary pairs as one conversation
+    (the image at the start of its first question), then each independent pair as the text a
+    single-turn question about the same image continues with after ``<image>``. The answers are
+    laid out in that order (ordinary, then independent), whatever the order of ``pairs``."""
+    ordinary, alone = split_pairs(pairs, independent)
+    if not alone:
+        return processor.format_conversation(pairs_to_turns(ordinary))
+    if ordinary:
+        base = processor.format_conversation(pairs_to_turns(ordinary))
+        text, spans = base.text, list(base.target_spans)
+    else:
+        first = processor.format_conversation(pairs_to_turns(alone[:1]))
+        text, spans, alone = first.text, list(first.target_spans), alone[1:]
+    for pair in alone:
+        single = processor.format_conversation(pairs_to_turns([pair]))
+        cut = single.text.index(IMAGE_TEXT) + len(IMAGE_TEXT)  # the shared head: system, role, image
+        offset = len(text) - cut
+        text += single.text[cut:]
+        spans += [(a + offset, b + offset) for a, b in single.target_spans]
+    return FormattedConversation(text=text, target_spans=tuple(spans))
+
+
+def pairs_to_turns(pairs: Sequence) -> list[dict[str, str]]:
+    """LLaVA-style turns of packed pairs; the image goes at the start of the first question."""
+    turns = []
+    for i, pair in enumerate(pairs):
+        question = f"{IMAGE_TEXT}\n{pair.question}" if i == 0 else pair.question
+        turns += [{"from": "human", "value": question}, {"from": "gpt", "value": pair.answer}]
+    return turns
+
+
+def segment_mask(input_ids: torch.Tensor, padding_mask: torch.Tensor, answer_index: torch.Tensor,
+                 answer_independent: Sequence[bool], image_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (N, 1, L, L) boolean attention mask (True = may attend) and (N, L) position ids.
+
+    ``answer_index`` (N, L) numbers each answer's tokens (-1 elsewhere), ``answer_independent``
+    says per answer number whether its turn is independent. Position ids count the tokens a
+    token sees, so an independent turn continues right after the prefix.
+    """
+    n, length = input_ids.shape
+    causal = torch.ones(length, length, dtype=torch.bool, device=input_ids.device).tril()
+    masks, positions = [], []
+    for row in range(n):
+        segment = torch.zeros(length, dtype=torch.long)
+        alone = torch.zeros(length, dtype=torch.bool)
+        image = (input_ids[row] == image_token_id).nonzero()
+        start = int(image[-1]) + 1 if len(image) else 1
+        answers = answer_index[row].tolist()
+        pos, seg = start, 1
+        while pos < length:
+            end = pos
+            while end < length and answers[end] < 0:  # the question before the answer
+                end += 1
+            if end == length:
+                break
+            number = answers[end]
+            while end < length and answers[end] == number:
+                end += 1
+            segment[pos:end] = seg
+            alone[pos:end] = bool(answer_independent[number])
+            pos, seg = end, seg + 1
+        segment[pos:] = seg  # tokens after the last answer (padding): a segment of their own
+        same = segment[:, None] == segment[None, :]
+        ordinary = ~alone[:, None] & ~alone[None, :]
+        visible = causal & (same | (segment[None, :] == 0) | ordinary) & padding_mask[row].bool()[None, :]
+        visible |= torch.eye(length, dtype=torch.bool)  # every token sees itself (no empty softmax rows)
+        masks.append(visible)
+        positions.append(visible.sum(-1) - 1)
+    return torch.stack(masks)[:, None], torch.stack(positions)
+
+
+def attention_mask_for(mask: torch.Tensor, implementation: str, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean 4D mask in the form the language model's attention takes: boolean for SDPA,
+    additive (0 / dtype minimum) for the others, which add the mask to the scores."""
+    if implementation == "sdpa":
+        return mask
+    return torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
+
+
+__all__ = ["attention_mask_for", "format_sequence", "pairs_to_turns", "segment_mask", "split_pairs"]

@@ -1,0 +1,117 @@
+"""Independent turns (data.independent_tasks): each is computed exactly as the same question asked alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from regiongpt.training.data import PackedImage, PackedSequence, QAPair, RegionCollator, SequenceLength, answer_runs
+from regiongpt.training.independent_turns import attention_mask_for, format_sequence, pairs_to_turns, segment_mask, split_pairs
+
+from conftest import make_model, make_processor, randomise_refiner
+
+REGIONS = [{"box": [2, 2, 30, 30]}, {"box": [30, 10, 60, 44]}]
+PAIRS = [
+    QAPair("What is <region1>?", "a red star", "brief"),
+    QAPair("Which of <region1>, <region2> is the blue ring?", "Region [2]", "rec"),
+    QAPair("Describe <region2>.", "a blue ring left of the red star", "brief"),
+    QAPair("Is there a star?", "yes", "existence"),
+    QAPair("Is there a ring?", "no", "existence"),
+]
+INDEPENDENT = frozenset({"rec", "existence"})
+
+
+@pytest.fixture(params=["sdpa", "eager"])
+def model_and_processor(request, tokenizer):
+    model = make_model("tiny-clip-llama", tokenizer)
+    model.model.language_model.config._attn_implementation = request.param
+    assert model.config.text_config._attn_implementation == request.param
+    randomise_refiner(model)
+    return model, make_processor(model, tokenizer)
+
+
+def _item(processor, pairs, independent) -> PackedImage:
+    formatted = format_sequence(processor, pairs, independent)
+    ordinary, alone = split_pairs(pairs, independent)  # the order the answers are laid out in
+    return PackedImage("s", Image.new("RGB", (64, 48), (90, 40, 200)), REGIONS,
+                       [PackedSequence("s#0", formatted.text, formatted.target_spans,
+                                       tuple(p.task for p in ordinary + alone))])
+
+
+def _answer_logits(model, batch) -> list[torch.Tensor]:
+    """Per answer: the logits that predict its tokens (position t predicts token t + 1)."""
+    inputs = {k: v for k, v in batch.inputs.items() if k != "labels"}
+    if inputs["attention_mask"].dim() == 4:
+        implementation = model.config.text_config._attn_implementation
+        inputs["attention_mask"] = attention_mask_for(inputs["attention_mask"], implementation, torch.float32)
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    out = []
+    for a in range(len(batch.answer_tasks)):
+        rows, cols = (batch.answer_index == a).nonzero(as_tuple=True)
+        out.append(logits[rows, cols - 1])
+    return out
+
+
+def test_each_independent_turn_equals_the_question_asked_alone(model_and_processor):
+    model, processor = model_and_processor
+    packed = RegionCollator(processor, INDEPENDENT)([_item(processor, PAIRS, INDEPENDENT)])
+    assert packed.inputs["attention_mask"].shape[1:] == (1, *packed.inputs["input_ids"].shape[1:] * 2)
+    assert packed.tokens == packed.inputs["input_ids"].numel()
+    # The layout: the ordinary conversation first, then each independent turn.
+    assert packed.answer_tasks == ["brief", "brief", "rec", "existence", "existence"]
+    packed_logits = _answer_logits(model, packed)
+    ordinary = [p for p in PAIRS if p.task not in INDEPENDENT]
+    alone = [p for p in PAIRS if p.task in INDEPENDENT]
+    # The ordinary turns: exactly the conversation of those turns alone.
+    reference = RegionCollator(processor)([_item(processor, ordinary, frozenset())])
+    for got, want in zip(packed_logits[:2], _answer_logits(model, reference)):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    # Each independent turn: exactly the single-turn question about the image.
+    for a, pair in enumerate(alone, start=2):
+        single = RegionCollator(processor)([_item(processor, [pair], frozenset())])
+        torch.testing.assert_close(packed_logits[a], _answer_logits(model, single)[0], atol=1e-4, rtol=1e-4)
+
+
+def test_the_plain_layout_lets_later_turns_see_earlier_ones(model_and_processor):
+    """Without independent tasks the mask is the usual padding mask and the REC answer depends on
+    the turns before it (the shortcut the option removes)."""
+    model, processor = model_and_processor
+    plain = RegionCollator(processor)([_item(processor, PAIRS, frozenset())])
+    assert plain.inputs["attention_mask"].dim() == 2 and "position_ids" not in plain.inputs
+    single = RegionCollator(processor)([_item(processor, PAIRS[1:2], frozenset())])
+    assert not torch.allclose(_answer_logits(model, plain)[1], _answer_logits(model, single)[0], atol=1e-3)
+
+
+def test_layout_text_and_length(tokenizer):
+    model = make_model("tiny-clip-llama", tokenizer)
+    processor = make_processor(model, tokenizer)
+    formatted = format_sequence(processor, PAIRS, INDEPENDENT)
+    assert formatted.text.count("<image>") == 1
+    # each independent question follows the answer before it as it follows <image> when asked alone
+    alone_text = processor.format_conversation(pairs_to_turns(PAIRS[1:2])).text
+    assert alone_text.split("<image>", 1)[1] in formatted.text
+    assert [formatted.text[a:b] for a, b in formatted.target_spans] == [
+        p.answer + "</s>" for p in [PAIRS[0], PAIRS[2], PAIRS[1], PAIRS[3], PAIRS[4]]]
+    # the packer's length is the collated length
+    batch = RegionCollator(processor, INDEPENDENT)([_item(processor, PAIRS, INDEPENDENT)])
+    assert SequenceLength(processor, INDEPENDENT)(PAIRS) == batch.tokens
+
+
+def test_a_text_only_sequence_keeps_the_first_token_as_prefix(tokenizer):
+    model = make_model("tiny-clip-llama", tokenizer)
+    processor = make_processor(model, tokenizer)
+    pairs = [QAPair("Is there a star?", "yes", "existence"), QAPair("Is there a ring?", "no", "existence")]
+    formatted = format_sequence(processor, pairs, INDEPENDENT)
+    text = formatted.text.replace("<image>", "")
+    shift = len("<image>")
+    spans = tuple((a - shift, b - shift) for a, b in formatted.target_spans)
+    encoded = processor(text=[text], target_spans=[spans])
+    index, _ = answer_runs(encoded["labels"], [("existence", "existence")])
+    mask, positions = segment_mask(encoded["input_ids"], encoded["attention_mask"], index, [True, True],
+                                   processor.image_token_id)
+    first_answer = (index[0] == 0).nonzero().flatten()
+    second = int((index[0] == 1).nonzero()[0])
+    assert mask[0, 0, second, 0] and not mask[0, 0, second, first_answer].any()
+    assert positions[0, 0] == 0 and positions[0, second] < second - len(first_answer)
