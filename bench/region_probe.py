@@ -13,7 +13,8 @@ embeddings after the connector. bench/demo_model.md uses it to find where colour
 logistic head per category on each token, trained on 70% of the images to say whether an
 object of that category covers part of the token's cell; on the other 30% it reports the
 per-cell balanced accuracy and the image-level yes/no accuracy (a category is "present" when
-any token says so) on balanced present/absent pairs.
+any token says so) on balanced present/absent pairs, and an image-level head on the mean and
+maximum of the tokens (what one summary of the image could answer).
 """
 
 from __future__ import annotations
@@ -113,6 +114,29 @@ def probe_image_tokens(tokens: torch.Tensor, targets: torch.Tensor, steps: int =
     return float(balanced), float(image_balanced)
 
 
+def probe_image_presence(tokens: torch.Tensor, targets: torch.Tensor, steps: int = 300) -> float:
+    """Balanced yes/no accuracy of per-category logistic heads trained on *image-level* presence
+    from the mean and the maximum of the image's tokens: what one image-level summary of the
+    tokens could tell (70/30 split of the images)."""
+    split = int(len(tokens) * 0.7)
+    x = torch.cat([tokens.mean(1), tokens.amax(1)], 1)
+    x = (x - x[:split].mean(0)) / (x[:split].std(0) + 1e-6)
+    y = targets.amax(1)  # (images, K): the category covers some cell
+    torch.manual_seed(0)
+    head = torch.nn.Linear(x.shape[1], y.shape[1])
+    optimizer = torch.optim.Adam(head.parameters(), lr=1e-2)
+    positive = y[:split].mean(0).clamp(1e-3, 1 - 1e-3)
+    for _ in range(steps):
+        loss = F.binary_cross_entropy_with_logits(head(x[:split]), y[:split], pos_weight=(1 - positive) / positive)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        yes, truth = head(x[split:]) > 0, y[split:].bool()
+        return float(0.5 * ((yes & truth).sum() / truth.sum().clamp(min=1)
+                            + (~yes & ~truth).sum() / (~truth).sum().clamp(min=1)))
+
+
 def probe(features: torch.Tensor, labels: list[str], steps: int = 300) -> float:
     """Held-out accuracy of a linear classifier on standardised features (70/30 split)."""
     classes = sorted(set(labels))
@@ -148,6 +172,9 @@ def main() -> int:
         cells = [probe_image_tokens(t, targets) for t in (before, after)]
         print(f"| per cell (balanced accuracy) | {cells[0][0]:.3f} | {cells[1][0]:.3f} |")
         print(f"| per image, any cell (balanced yes/no) | {cells[0][1]:.3f} | {cells[1][1]:.3f} |")
+        pooled_yes = [probe_image_presence(t, targets) for t in (before, after)]
+        print(f"| per image, from mean + max of the tokens (balanced yes/no) | {pooled_yes[0]:.3f} | "
+              f"{pooled_yes[1]:.3f} |")
     return 0
 
 
