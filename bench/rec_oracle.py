@@ -186,6 +186,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.attention_supervision and args.text_regions:
         parser.error("--attention-supervision needs region tokens (not --text-regions)")
+    if args.attention_supervision and not 0 <= args.supervised_layer < args.layers:
+        parser.error(f"--supervised-layer must name one of the {args.layers} layers (0-based)")
     if args.queries > 1 and args.phrase_first:
         parser.error("--queries > 1 needs the paper's layout (not --phrase-first)")
     if not 2 <= args.min_candidates <= args.max_candidates <= MAX_CANDIDATES:
