@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
 import numpy as np
 import pytest
 import torch
@@ -19,6 +24,16 @@ CORPUS = [
     "USER: ASSISTANT: What is in the region? Describe it. a red star left of the blue ring.",
     "Region [1] Region [2] No corresponding options found. yes no",
 ] * 20
+
+
+def load_bench_script(name: str) -> ModuleType:
+    """``bench/NAME.py`` as a module (the bench folder is scripts, not a package)."""
+    path = Path(__file__).resolve().parent.parent / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

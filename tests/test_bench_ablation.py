@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from conftest import load_bench_script
 
 from regiongpt.training.config import load_config
 
@@ -13,10 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _ablation():
-    spec = importlib.util.spec_from_file_location("ablation", ROOT / "bench" / "ablation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("ablation")
 
 
 @pytest.mark.parametrize("name", list(_ablation().VARIANTS))

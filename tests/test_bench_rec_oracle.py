@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import sys
 from argparse import Namespace
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
-
+from conftest import load_bench_script
 
 def _oracle():
-    spec = importlib.util.spec_from_file_location("rec_oracle", ROOT / "bench" / "rec_oracle.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("rec_oracle")
 
 
 def _args(**changes) -> Namespace:
