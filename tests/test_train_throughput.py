@@ -10,7 +10,6 @@ import torch
 from conftest import load_bench_script
 
 
-
 @pytest.fixture(scope="module")
 def bench():
     return load_bench_script("train_throughput")
