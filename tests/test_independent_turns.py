@@ -54,6 +54,17 @@ def _answer_logits(model, batch) -> list[torch.Tensor]:
     return out
 
 
+def test_a_sequence_of_independent_turns_only(model_and_processor):
+    """A packed sequence may hold independent turns alone (a long conversation split up)."""
+    model, processor = model_and_processor
+    alone = [p for p in PAIRS if p.task in INDEPENDENT]
+    packed = RegionCollator(processor, INDEPENDENT)([_item(processor, alone, INDEPENDENT)])
+    assert (packed.inputs["input_ids"] == processor.image_token_id).sum() == model.config.image_seq_length
+    for got, pair in zip(_answer_logits(model, packed), alone):
+        single = RegionCollator(processor)([_item(processor, [pair], frozenset())])
+        torch.testing.assert_close(got, _answer_logits(model, single)[0], atol=1e-4, rtol=1e-4)
+
+
 def test_each_independent_turn_equals_the_question_asked_alone(model_and_processor):
     model, processor = model_and_processor
     packed = RegionCollator(processor, INDEPENDENT)([_item(processor, PAIRS, INDEPENDENT)])

@@ -189,3 +189,36 @@ def test_answer_accuracy_per_task():
     assert result["val/brief/token_acc"] == 0.5 and result["val/brief/exact_match"] == 0.0
     assert result["val/all/token_acc"] == 4 / 5 and result["val/all/exact_match"] == 2 / 3
     assert result["val/classify/answers"] == 2
+
+
+def test_independent_turns_pack_split_and_collate(samples, processor):
+    """With data.independent_tasks, long conversations still split into sequences of at most
+    max_length tokens, each laying out its ordinary turns first, with the turn mask."""
+    independent = ("rec", "existence")
+    dataset = RegionConversationDataset(samples, processor, 200, seed=0, shuffle_turns=True,
+                                        independent_tasks=independent)
+    key = SampleKey(0, epoch=3)
+    item = dataset[key]
+    pairs = dataset.pairs_for(key)
+    assert isinstance(item, PackedImage) and len(item.sequences) > 1
+    assert {p.task for p in pairs} & set(independent), "the sample should have independent turns"
+    kinds = [p.task in independent for p in pairs]
+    assert kinds == sorted(kinds), "ordinary turns come first"
+    for seq in item.sequences:
+        flags = [t in independent for t in seq.tasks]
+        assert flags == sorted(flags)
+    batch = RegionCollator(processor, independent)([item])
+    mask = batch.inputs["attention_mask"]
+    assert mask.dim() == 4 and mask.shape[0] == len(item.sequences)
+    assert batch.answer_tasks == [t for s in item.sequences for t in s.tasks]
+    assert int(batch.inputs["input_ids"].ne(processor.tokenizer.pad_token_id).sum(1).max()) <= 200
+    checked = 0
+    for a, task in enumerate(batch.answer_tasks):
+        row, cols = (batch.answer_index == a).nonzero(as_tuple=True)
+        row, first = int(row[0]), int(cols[0])
+        earlier = (batch.answer_index[row] >= 0) & (batch.answer_index[row] < a)
+        seen = mask[row, 0, first][earlier]
+        # an independent answer sees no earlier answer; an ordinary one sees the ordinary ones before it
+        assert not seen.any() if task in independent else seen.all()
+        checked += task in independent
+    assert checked
