@@ -22,6 +22,7 @@ import argparse
 import json
 import random
 import time
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -46,7 +47,19 @@ class Vocabulary:
         return [self.words[w] for w in text.split()]
 
 
-def make_readout_prompt(rng: random.Random, vocab: Vocabulary, args) -> tuple:
+class Prompt(NamedTuple):
+    """One training or held-out prompt."""
+
+    ids: list[int]
+    region_positions: list[int]  # where region tokens (perfect embeddings) go
+    region_labels: list[tuple]  # (category, colour, size) of each region token
+    region_numbers: list[int]  # 0-based number of each region token
+    answers: list[int]  # the answer digit token of each question
+    answer_positions: list[int]  # the position that predicts each answer
+    candidates: int
+
+
+def make_readout_prompt(rng: random.Random, vocab: Vocabulary, args) -> Prompt:
     """A prompt that names one region and asks for its number: what the relation task's answers
     ("Region [3] is left of Region [5]") teach the real model."""
     number = rng.randrange(args.max_candidates)
@@ -54,7 +67,7 @@ def make_readout_prompt(rng: random.Random, vocab: Vocabulary, args) -> tuple:
     ids = vocab("img") * args.filler + vocab("which one fits")
     position = len(ids)
     ids += vocab("<region> ? answer the question using the template region [ x ] . assistant: region [")
-    return ids, [position], [labels], [number], [vocab.digit + number], [len(ids) - 1], 1
+    return Prompt(ids, [position], [labels], [number], [vocab.digit + number], [len(ids) - 1], 1)
 
 
 def singling_phrase(vocab: Vocabulary, objects: list[tuple], target: int) -> list[int] | None:
@@ -68,12 +81,14 @@ def singling_phrase(vocab: Vocabulary, objects: list[tuple], target: int) -> lis
     return None
 
 
-def make_prompt(rng: random.Random, vocab: Vocabulary, args, queries: int = 1) -> tuple:
-    """(token ids, region token positions, region labels, region numbers, answer tokens, answer
-    positions, candidates) of one REC prompt; with ``queries`` > 1 more questions about the same
-    candidates follow, each answered ("... region [ K ] which one fits ...")."""
+def make_prompt(rng: random.Random, vocab: Vocabulary, args, queries: int = 1,
+                candidates: tuple[int, int] | None = None) -> Prompt:
+    """One REC prompt with ``candidates`` (min, max; default the arguments') regions; with
+    ``queries`` > 1 more questions about the same candidates follow, each answered
+    ("... region [ K ] which one fits ...")."""
+    low, high = candidates or (args.min_candidates, args.max_candidates)
     while True:
-        n = rng.randint(args.min_candidates, args.max_candidates)
+        n = rng.randint(low, high)
         objects = [(rng.randrange(CATEGORIES), rng.randrange(COLOURS), rng.randrange(SIZES)) for _ in range(n)]
         singled = [(k, singling_phrase(vocab, objects, k)) for k in range(n)]
         singled = [(k, phrase) for k, phrase in singled if phrase is not None]
@@ -106,7 +121,7 @@ def make_prompt(rng: random.Random, vocab: Vocabulary, args, queries: int = 1) -
         answers.append(vocab.digit + target)
         answer_positions.append(len(ids) - 1)
     embedded = objects if positions else []
-    return ids, positions, embedded, list(range(len(embedded))), answers, answer_positions, n
+    return Prompt(ids, positions, embedded, list(range(len(embedded))), answers, answer_positions, n)
 
 
 class OracleREC(nn.Module):
@@ -134,21 +149,21 @@ class OracleREC(nn.Module):
         return e if self.args.number_as_text else e + self.number[number]
 
     def forward(self, prompts, with_attention: bool = False):  # -> (answers, vocab) logits at the answer digits
-        length = max(len(p[0]) for p in prompts)
+        length = max(len(p.ids) for p in prompts)
         ids = torch.zeros(len(prompts), length, dtype=torch.long)
         mask = torch.zeros_like(ids)
-        for b, (x, *_) in enumerate(prompts):
-            ids[b, :len(x)], mask[b, :len(x)] = torch.tensor(x), 1
+        for b, p in enumerate(prompts):
+            ids[b, :len(p.ids)], mask[b, :len(p.ids)] = torch.tensor(p.ids), 1
         embeds = self.lm.embed_tokens(ids)
         rows, cols, vectors = [], [], []
-        for b, (_, positions, objects, numbers, *_) in enumerate(prompts):
-            for pos, labels, number in zip(positions, objects, numbers):
+        for b, p in enumerate(prompts):
+            for pos, labels, number in zip(p.region_positions, p.region_labels, p.region_numbers):
                 rows.append(b), cols.append(pos), vectors.append(self.region_embedding(*labels, number))
         if vectors:
             embeds = embeds.index_put((torch.tensor(rows), torch.tensor(cols)), torch.stack(vectors))
         out = self.lm(inputs_embeds=embeds, attention_mask=mask, output_attentions=with_attention)
-        rows = torch.tensor([b for b, p in enumerate(prompts) for _ in p[5]])
-        cols = torch.tensor([c for p in prompts for c in p[5]])
+        rows = torch.tensor([b for b, p in enumerate(prompts) for _ in p.answer_positions])
+        cols = torch.tensor([c for p in prompts for c in p.answer_positions])
         logits = self.head(out.last_hidden_state[rows, cols])
         if not with_attention:
             return logits
@@ -197,24 +212,22 @@ def main() -> None:
     model = OracleREC(vocab, args)
     held_out_rng, rng = random.Random(10_000 + args.seed), random.Random(args.seed)
     held_out = [make_prompt(held_out_rng, vocab, args) for _ in range(512)]
-    guess = sum(1 / p[6] for p in held_out) / len(held_out)
-    answers = torch.tensor([a for p in held_out for a in p[4]])
+    guess = sum(1 / p.candidates for p in held_out) / len(held_out)
+    answers = torch.tensor([a for p in held_out for a in p.answers])
     print(f"guessing rate {guess:.3f}", flush=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     start, curve = time.time(), []
-    final_range = (args.min_candidates, args.max_candidates)
     for step in range(1, args.steps + 1):
         # a curriculum: two candidates for the first --two-candidate-steps steps
-        warm = step <= args.two_candidate_steps
-        args.min_candidates, args.max_candidates = (2, 2) if warm else final_range
+        candidates = (2, 2) if step <= args.two_candidate_steps else None
         prompts = [make_readout_prompt(rng, vocab, args) if rng.random() < args.readout_fraction
-                   else make_prompt(rng, vocab, args, args.queries) for _ in range(args.batch)]
-        args.min_candidates, args.max_candidates = final_range
-        targets = torch.tensor([a for p in prompts for a in p[4]])
+                   else make_prompt(rng, vocab, args, args.queries, candidates) for _ in range(args.batch)]
+        targets = torch.tensor([a for p in prompts for a in p.answers])
         if args.attention_supervision:
             logits, attention = model(prompts, with_attention=True)
             # the answer's region token: where the answer digit's region sits
-            where = torch.tensor([p[1][p[3].index(a - vocab.digit)] for p in prompts for a in p[4]])
+            where = torch.tensor([p.region_positions[p.region_numbers.index(a - vocab.digit)]
+                                  for p in prompts for a in p.answers])
             picked = attention[torch.arange(len(where)), where].clamp_min(1e-9)
             loss = nn.functional.cross_entropy(logits, targets) - args.attention_supervision * picked.log().mean()
         else:

@@ -10,6 +10,7 @@ from argparse import Namespace
 import pytest
 from conftest import load_bench_script
 
+
 def _oracle():
     return load_bench_script("rec_oracle")
 
@@ -49,9 +50,10 @@ def test_each_question_names_exactly_its_answer(layout):
             assert matching == [target]
 
 
-@pytest.mark.parametrize("flags", [[], ["--tied", "--phrase-first"], ["--text-regions", "--queries", "2"],
-                                   ["--attention-supervision", "0.5", "--supervised-layer", "0", "--readout-fraction", "0.5"],
-                                   ["--two-candidate-steps", "1", "--number-as-text"]])
+@pytest.mark.parametrize("flags", [
+    [], ["--tied", "--phrase-first"], ["--text-regions", "--queries", "2"],
+    ["--attention-supervision", "0.5", "--supervised-layer", "0", "--readout-fraction", "0.5"],
+    ["--two-candidate-steps", "1", "--number-as-text"]])
 def test_every_variant_trains_and_reports(flags, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["rec_oracle.py", "--steps", "2", "--eval-every", "2", "--width", "32",
                                       "--heads", "2", "--layers", "1", "--max-candidates", "4", *flags])
