@@ -11,6 +11,8 @@ import math
 import shutil
 
 import pytest
+import torch
+from conftest import make_model, make_processor, randomise_refiner
 
 from regiongpt.cli.main import main
 from regiongpt.data.synth import write_world
@@ -172,6 +174,35 @@ def test_region_map_prompts_equal_ground_on_reordered_regions(tiny, image):
                Question(0, build_instruction("rec", regions=range(3), phrase=phrase), None, 8)]
     got = generate_answers(api, [(image, boxes)], prompts)
     assert got[0] == expected and got[1] == api.ground(image, boxes, phrase).text
+
+
+def test_region_map_numbers_regions_in_the_questions_order(tokenizer, image):
+    """A model that codes region numbers sees <region1> of a reordered question as number 0."""
+    model = make_model("tiny-clip-llama", tokenizer, region_number_embedding=True)
+    randomise_refiner(model)
+    with torch.no_grad():  # the number code starts at zero: give it weights so numbers matter
+        model.model.region_number_embedding.proj.weight.normal_(0, 1.0)
+    api = RegionGPT(model, make_processor(model, tokenizer))
+    boxes = [[2, 2, 30, 20], [40, 10, 78, 46], [10, 25, 35, 45]]
+    text = build_instruction("rec", regions=range(2), phrase="the red star")
+
+    def placed(items, questions):  # the region embedding at each placeholder of each question
+        requests, visual = api._requests(items, questions)
+        _, region_embeds = api.engine._encode_visual(visual)
+        return [region_embeds[list(r.regions)] for r in requests]
+
+    (direct,) = placed([(image, [boxes[2], boxes[0]])], [Question(0, text, None, 6)])
+    mapped, again, identity = placed([(image, boxes)], [Question(0, text, [2, 0], 6), Question(0, text, [2, 0], 6),
+                                                        Question(0, text, [0, 1], 6)])
+    torch.testing.assert_close(mapped, direct)
+    torch.testing.assert_close(again, direct)
+    (swapped,) = placed([(image, [boxes[0], boxes[2]])], [Question(0, text, None, 6)])
+    torch.testing.assert_close(identity[0], swapped[0])  # region 0 stays number 0
+    assert not torch.allclose(swapped.flip(0), direct)  # the same regions numbered the other way
+    answers = api.ask_many([(image, boxes)], [Question(0, text, [2, 0], 6)])
+    assert answers[0].text == api.ask_many([(image, [boxes[2], boxes[0]])], [Question(0, text, None, 6)])[0].text
+    with pytest.raises(InvalidInputError, match="region_map names region 3"):
+        api.ask_many([(image, boxes)], [Question(0, text, [3, 0], 6)])
 
 
 def test_pope_files_jobs_and_scores(world, tmp_path):

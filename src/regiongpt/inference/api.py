@@ -235,16 +235,36 @@ class RegionGPT:
         offsets = [0]
         for _, regions in items:
             offsets.append(offsets[-1] + len(regions))
+        numbered = bool(getattr(self.model.config, "region_number_embedding", False))
         requests = []
+        reordered: dict[tuple[int, tuple[int, ...]], int] = {}  # (item, region_map) -> its first region
+        extra: list[int] = []  # the regions of those groups, as indices of the items' regions
         for q in questions:
             if not 0 <= q.item < len(items):
                 raise InvalidInputError(f"a question refers to item {q.item} but {len(items)} item(s) were given")
-            mapping = list(q.region_map) if q.region_map is not None else list(range(len(items[q.item][1])))
+            n_item = len(items[q.item][1])
+            mapping = list(q.region_map) if q.region_map is not None else list(range(n_item))
+            bad = [m for m in mapping if not 0 <= m < n_item]
+            if bad:
+                raise InvalidInputError(f"a question's region_map names region {bad[0]} of item {q.item}, "
+                                        f"which has {n_item} region(s) (valid: 0..{n_item - 1})")
             ids, refs = self.processor.encode_prompt(self._question_prompt(q), len(mapping))
             params = SamplingParams(max_new_tokens=q.max_new_tokens, stop_token_ids=self.stop_token_ids)
-            regions = [offsets[q.item] + mapping[r] for r in refs]
+            if numbered and any(m != k for k, m in enumerate(mapping)):
+                # A model that codes region numbers must see <regionK> numbered K-1 in this question's
+                # order: the item's regions are pooled again as a group of their own, in that order.
+                key = (q.item, tuple(mapping))
+                if key not in reordered:
+                    reordered[key] = offsets[-1] + len(extra)
+                    extra += [offsets[q.item] + m for m in mapping]
+                regions = [reordered[key] + r for r in refs]
+            else:
+                regions = [offsets[q.item] + mapping[r] for r in refs]
             requests.append(Request(ids, image=q.item, regions=regions, sampling=params))
-        return requests, self._visual(items)
+        visual = self._visual(items)
+        if extra:
+            visual = _with_reordered_regions(visual, [len(r) for _, r in items], [len(m) for m in reordered], extra)
+        return requests, visual
 
     def _decode(self, token_ids: list[int]) -> str:
         ids = [t for t in token_ids if t not in self.stop_token_ids]
@@ -305,3 +325,18 @@ class ChatSession:
             reply.append(piece)
             yield piece
         self.messages = messages + [{"role": "assistant", "content": "".join(reply).strip()}]
+
+
+def _with_reordered_regions(visual: VisualInputs, per_item: Sequence[int], per_group: Sequence[int],
+                            extra: Sequence[int]) -> VisualInputs:
+    """``visual`` with the regions ``extra`` (indices into its regions) appended, and every region
+    numbered: the items' own regions by their position in their item, each appended group from 0."""
+    index = torch.tensor(list(extra), dtype=torch.long, device=visual.region_masks.device)
+    numbers = [k for n in per_item for k in range(n)] + [k for n in per_group for k in range(n)]
+
+    def grow(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else torch.cat([t, t[index.to(t.device)]])
+
+    return VisualInputs(visual.pixel_values, grow(visual.region_masks), grow(visual.region_boxes),
+                        grow(visual.region_image_index),
+                        torch.tensor(numbers, dtype=torch.long, device=visual.region_masks.device))

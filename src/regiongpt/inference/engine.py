@@ -56,6 +56,9 @@ class VisualInputs:
     region_masks: torch.Tensor | None = None  # (R, S, S)
     region_boxes: torch.Tensor | None = None  # (R, 4)
     region_image_index: torch.Tensor | None = None  # (R,)
+    # (R,) each region's number (<regionK> is K-1) where it is not its position among its image's
+    # regions: a question that lists them in another order (models with region_number_embedding)
+    region_numbers: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -294,7 +297,8 @@ class Engine:
             if index is None:
                 index = torch.zeros(len(visual.region_masks), dtype=torch.long)
             boxes = None if visual.region_boxes is None else visual.region_boxes.to(device)
-            region_embeds = model.encode_regions(vision, visual.region_masks, index.to(device), boxes)
+            region_embeds = model.encode_regions(vision, visual.region_masks, index.to(device), boxes,
+                                                 visual.region_numbers)
         return vision, region_embeds
 
     def _prefill_prefixes(self, requests, vision, region_embeds, keep_last: Sequence[int] | None = None):

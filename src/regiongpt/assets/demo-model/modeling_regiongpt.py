@@ -179,14 +179,20 @@ class RegionGPTModel(RegionGPTPreTrainedModel):
         region_masks: torch.Tensor | None,
         region_image_index: torch.Tensor,
         region_boxes: torch.Tensor | None = None,
+        region_numbers: torch.Tensor | None = None,  # (R,) each region's number, 0-based
     ) -> torch.Tensor:  # (R, D)
-        """One embedding per region in the language model's width, pooled from its image's encoding."""
+        """One embedding per region in the language model's width, pooled from its image's encoding.
+
+        With ``config.region_number_embedding``, a region's number (``<regionK>`` is number K-1)
+        is its position among the regions of its image unless ``region_numbers`` says otherwise.
+        """
         pooled = self.pool_regions(vision, region_masks, region_image_index, region_boxes)
         connector = self.region_connector if self.region_connector is not None else self.connector
         embeds = connector(pooled)
         if self.region_number_embedding is not None:
             index = region_image_index.to(embeds.device).long()
-            embeds = embeds + self.region_number_embedding(index).to(embeds.dtype)
+            numbers = None if region_numbers is None else region_numbers.to(embeds.device).long()
+            embeds = embeds + self.region_number_embedding(index, numbers).to(embeds.dtype)
         return embeds
 
     # ----- placing features in the sequence --------------------------------------------

@@ -43,6 +43,12 @@ class RegionNumberEmbedding(nn.Module):
         nn.init.zeros_(self.proj.weight)
         self.proj.zero_init = True  # and again in the model's _init_weights
 
-    def forward(self, region_image_index: torch.Tensor) -> torch.Tensor:  # (R,) -> (R, width)
-        code = number_code(region_numbers(region_image_index), self.frequencies)
+    def forward(self, region_image_index: torch.Tensor,
+                numbers: torch.Tensor | None = None) -> torch.Tensor:  # (R,) -> (R, width)
+        """The code of each region's number: ``numbers`` (R,) when given (a question that lists an
+        image's regions in another order numbers them in its own order), else its position among
+        the regions of its image."""
+        if numbers is None:
+            numbers = region_numbers(region_image_index)
+        code = number_code(numbers.to(region_image_index.device), self.frequencies)
         return self.proj(code.to(self.proj.weight.dtype))
