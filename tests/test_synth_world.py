@@ -238,6 +238,40 @@ def test_pope_and_native_files(world):
                 assert answer["value"] in ("Yes.", "No.")
 
 
+def test_dense_conversations_ask_every_expression_and_every_category(world, tmp_path):
+    dense = tmp_path / "dense"
+    write_world(dense, images=N_SMALL, seed=SEED, val_fraction=0.25, progress=False, rec_per_image=None,
+                existence_per_image=None)
+    assert json.loads((dense / "meta.json").read_text())["rec_per_image"] == "all"
+    for name in ("instances.json", "refcocog/refs(umd).p", "pope/synth_pope_random.jsonl", "images/000001.png"):
+        assert (dense / name).read_bytes() == (world / name).read_bytes(), name  # only the conversations differ
+    samples = sorted(read_native_jsonl(dense / "native" / "train.jsonl"), key=lambda s: s.id)
+    samples += sorted(read_native_jsonl(dense / "native" / "val.jsonl"), key=lambda s: s.id)
+    scenes = generate_scenes(N_SMALL, seed=SEED)
+    for sample, scene in zip(sorted(samples, key=lambda s: s.id[-6:]), scenes):
+        turns = list(zip(sample.conversations[0::2], sample.conversations[1::2]))
+        rec = [(h["value"].split("'")[1], a["value"]) for h, a in turns if h["task"] == "rec"]
+        assert len(rec) == sum(len(o.referring) for o in scene.objects)
+        for phrase, answer in rec:
+            if answer != NO_MATCH_ANSWER:
+                assert phrase in scene.objects[parse_rec_answer(answer)].referring
+        asked = {}
+        for human, answer in turns:
+            if human["task"] == "existence":
+                words = " " + human["value"].replace("?", " ").replace(".", " ") + " "
+                phrase = next(p for p in sorted([*CATEGORIES, *(f"{c} {k}" for c in COLOUR_NAMES for k in CATEGORIES)],
+                                                key=len, reverse=True) if f" {p} " in words)
+                asked[phrase] = answer["value"]
+        pairs = set(present_pairs(scene))
+        present = {category for _, category in pairs}
+        assert {c: asked[c] for c in CATEGORIES} == {c: "Yes." if c in present else "No." for c in CATEGORIES}
+        coloured = {p: a for p, a in asked.items() if " " in p}
+        assert len(coloured) >= len(present)  # each present category in its colour (and, mostly, another)
+        assert all((a == "Yes.") == (tuple(p.split(" ")) in pairs) for p, a in coloured.items())
+    with pytest.raises(InvalidInputError, match="rec_per_image"):
+        write_world(tmp_path / "bad", images=1, rec_per_image=-1, progress=False)
+
+
 def test_cli_end_to_end(tmp_path, capsys):
     out = tmp_path / "cli"
     assert main(["synth", str(out), "--images", "3", "--seed", "5", "--width", "200", "--height", "120", "--val-fraction", "0.34"]) == 0
@@ -250,6 +284,12 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert sorted(p.name for p in (out / "images").iterdir()) == ["000001.png", "000002.png"]
     assert main(["synth", str(tmp_path / "x"), "--images", "0"]) == 2
     assert "--images" in capsys.readouterr().err
+    assert main(["synth", str(out), "--images", "1", "--overwrite", "--quiet", "--rec-per-image", "all",
+                 "--existence-per-image", "3"]) == 0
+    assert json.loads((out / "meta.json").read_text())["existence_per_image"] == 3
+    with pytest.raises(SystemExit):
+        main(["synth", str(out), "--rec-per-image", "some"])
+    assert "expected a count >= 0 or 'all'" in capsys.readouterr().err
 
 
 def test_bad_arguments_raise_invalid_input(tmp_path):

@@ -28,8 +28,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--height", type=int, default=192, help="image height in pixels")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="fraction of images held out for validation")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT, replacing a previous world")
+    parser.add_argument("--rec-per-image", type=_count_or_all, default=2, metavar="N|all",
+                        help="REC questions per native conversation; 'all': one per referring expression of "
+                             "every region (train them with data.independent_tasks=[rec])")
+    parser.add_argument("--existence-per-image", type=_count_or_all, default=1, metavar="N|all",
+                        help="yes/no existence questions per native conversation: N present and N absent; "
+                             "'all': every category, and each present one in its colour and in another")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
+
+
+def _count_or_all(text: str) -> int | None:
+    """A non-negative count, or None for 'all'."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a count >= 0 or 'all', got {text!r}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        rec_per_image=args.rec_per_image,
+        existence_per_image=args.existence_per_image,
     )
     print(
         f"wrote {meta['images']} images ({meta['splits']['train']} train, {meta['splits']['val']} val), "

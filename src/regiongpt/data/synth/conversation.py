@@ -66,8 +66,15 @@ def _absent_phrase(scene: Scene, rng: random.Random) -> RefPhrase:
             return phrase
 
 
-def build_conversation(scene: Scene, rng: random.Random) -> list[dict[str, str]]:
-    """One shuffled multi-turn conversation covering every region of the scene."""
+def build_conversation(scene: Scene, rng: random.Random, rec_per_image: int | None = REC_PER_IMAGE,
+                       existence_per_image: int | None = 1) -> list[dict[str, str]]:
+    """One shuffled multi-turn conversation covering every region of the scene.
+
+    ``rec_per_image``: REC questions (None: one per referring expression of every region);
+    ``existence_per_image``: present and as many absent things asked about (None: every
+    category, plus each present category in its own colour and in a colour it does not have).
+    Dense questions are meant to be trained as independent turns (``data.independent_tasks``).
+    """
     n = len(scene.objects)
     qa: list[tuple[str, str, str]] = []  # (task, question, answer)
     for k, obj in enumerate(scene.objects):
@@ -77,11 +84,15 @@ def build_conversation(scene: Scene, rng: random.Random) -> list[dict[str, str]]
     for k in rng.sample(range(n), min(n, DETAILED_PER_IMAGE)):
         qa.append(("detailed", build_instruction("detailed", region=k, rng=rng), scene.objects[k].detailed))
     referable = [k for k in range(n) if scene.objects[k].referring]
-    for k in rng.sample(referable, min(len(referable), REC_PER_IMAGE)):
+    if rec_per_image is None:
+        asked = [(k, phrase) for k in referable for phrase in scene.objects[k].referring]
+    else:
+        asked = [(k, scene.objects[k].referring[0]) for k in rng.sample(referable, min(len(referable), rec_per_image))]
+    for k, phrase in asked:
         if rng.random() < REC_NEGATIVE_PROBABILITY:
             phrase, answer = _absent_phrase(scene, rng).text(), rec_answer(None)
         else:
-            phrase, answer = scene.objects[k].referring[0], rec_answer(k)
+            answer = rec_answer(k)
         qa.append(("rec", build_instruction("rec", regions=range(n), phrase=phrase, rng=rng), answer))
     if n >= 2:
         pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
@@ -89,10 +100,22 @@ def build_conversation(scene: Scene, rng: random.Random) -> list[dict[str, str]]
             qa.append(("relation", build_instruction("relation", region=i, region2=j, rng=rng), relation_sentence(scene, i, j)))
     setting = rng.choice(("random", "popular", "adversarial"))
     pairs = present_pairs(scene)
-    for phrase in existence_positives(pairs, rng, 1):
-        qa.append(("existence", build_instruction("existence", phrase=phrase, rng=rng), "Yes."))
-    for phrase in existence_negatives(pairs, rng, setting, 1):
-        qa.append(("existence", build_instruction("existence", phrase=phrase, rng=rng), "No."))
+    if existence_per_image is None:
+        present = {category for _, category in pairs}
+        asked_existence = [(c, c in present) for c in CATEGORIES]
+        for category in sorted(present, key=CATEGORIES.index):
+            colours = sorted({colour for colour, c in pairs if c == category})
+            absent = [colour for colour in COLOUR_NAMES if colour not in colours]
+            asked_existence.append((f"{rng.choice(colours)} {category}", True))
+            if absent:
+                asked_existence.append((f"{rng.choice(absent)} {category}", False))
+        for phrase, there in asked_existence:
+            qa.append(("existence", build_instruction("existence", phrase=phrase, rng=rng), "Yes." if there else "No."))
+    else:
+        for phrase in existence_positives(pairs, rng, existence_per_image):
+            qa.append(("existence", build_instruction("existence", phrase=phrase, rng=rng), "Yes."))
+        for phrase in existence_negatives(pairs, rng, setting, existence_per_image):
+            qa.append(("existence", build_instruction("existence", phrase=phrase, rng=rng), "No."))
     rng.shuffle(qa)
     turns: list[dict[str, str]] = []
     for t, (task, question, answer) in enumerate(qa):
@@ -110,6 +133,8 @@ def native_sample(
     ann_ids: Sequence[int],
     rng: random.Random,
     masks: Sequence[dict[str, Any]] | None = None,
+    rec_per_image: int | None = REC_PER_IMAGE,
+    existence_per_image: int | None = 1,
 ) -> NativeSample:
     """The native sample of a scene: every object as a region (in depth order) plus its conversation.
 
@@ -132,7 +157,7 @@ def native_sample(
         width=scene.width,
         height=scene.height,
         regions=regions,
-        conversations=build_conversation(scene, rng),
+        conversations=build_conversation(scene, rng, rec_per_image, existence_per_image),
         source="synth",
         split=split,
     )

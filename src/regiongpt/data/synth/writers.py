@@ -37,7 +37,7 @@ from tqdm import tqdm
 from regiongpt.data.files import atomic_write_bytes
 from regiongpt.data.native import write_native_jsonl
 from regiongpt.data.synth.annotate import existence_negatives, existence_positives, present_pairs
-from regiongpt.data.synth.conversation import native_sample
+from regiongpt.data.synth.conversation import REC_PER_IMAGE, native_sample
 from regiongpt.data.synth.gallery import render_gallery
 from regiongpt.data.synth.generate import DEFAULT_HEIGHT, DEFAULT_WIDTH, generate_scene, scene_rng, text_rng
 from regiongpt.data.synth.scene import Scene
@@ -121,7 +121,8 @@ class _Collected:
     sentences: int = 0
 
 
-def _collect_scene(store: _Collected, scene: Scene, index: int, file_name: str, split: str, ref_split: str, seed: int) -> None:
+def _collect_scene(store: _Collected, scene: Scene, index: int, file_name: str, split: str, ref_split: str, seed: int,
+                   rec_per_image: int | None = REC_PER_IMAGE, existence_per_image: int | None = 1) -> None:
     image_id = index + 1
     first_ann = len(store.coco_annotations) + 1
     ann_ids = [first_ann + k for k in range(len(scene.objects))]
@@ -161,7 +162,8 @@ def _collect_scene(store: _Collected, scene: Scene, index: int, file_name: str, 
                 }
             )
     sample = native_sample(
-        scene, f"synth-{split}-{image_id:06d}", f"../images/{file_name}", split, ann_ids, text_rng(seed, index), masks=rles
+        scene, f"synth-{split}-{image_id:06d}", f"../images/{file_name}", split, ann_ids, text_rng(seed, index), masks=rles,
+        rec_per_image=rec_per_image, existence_per_image=existence_per_image,
     )
     store.native[split].append(sample)
     store.pope_images.append((split != "train", file_name, present_pairs(scene)))
@@ -222,13 +224,22 @@ def write_world(
     val_fraction: float = 0.1,
     overwrite: bool = False,
     progress: bool = True,
+    rec_per_image: int | None = REC_PER_IMAGE,
+    existence_per_image: int | None = 1,
 ) -> dict[str, Any]:
     """Generate ``images`` scenes and write every format to ``out``; returns the meta dict.
+
+    ``rec_per_image`` / ``existence_per_image`` set how many REC and existence questions each
+    native conversation asks (None: all of them, see ``build_conversation``); the other formats
+    do not depend on them.
 
     Raises :class:`InvalidInputError` for bad arguments (N < 1, unwritable or non-empty ``out``
     without ``overwrite``, sizes out of range, a validation fraction outside [0, 1)).
     """
     out = Path(out)
+    for name, value in (("rec_per_image", rec_per_image), ("existence_per_image", existence_per_image)):
+        if value is not None and (not isinstance(value, int) or value < 0):
+            raise InvalidInputError(f"{name} must be a count >= 0 or None (all), got {value!r}")
     check_arguments(out, images, seed, width, height, val_fraction, overwrite)
     if overwrite:
         _clear_previous(out)
@@ -246,7 +257,7 @@ def write_world(
         if split == "val":
             ref_split = "val" if n_val_seen % 2 == 0 else "test"
             n_val_seen += 1
-        _collect_scene(store, scene, index, file_name, split, ref_split, seed)
+        _collect_scene(store, scene, index, file_name, split, ref_split, seed, rec_per_image, existence_per_image)
         if len(store.gallery) < GALLERY_SCENES:
             store.gallery.append(scene)
 
@@ -285,6 +296,8 @@ def write_world(
         "width": width,
         "height": height,
         "val_fraction": val_fraction,
+        "rec_per_image": "all" if rec_per_image is None else rec_per_image,
+        "existence_per_image": "all" if existence_per_image is None else existence_per_image,
         "splits": {split: len(samples) for split, samples in store.native.items()},
         "ref_splits": dict(sorted(Counter(r["split"] for r in store.refs).items())),
         "annotations": len(store.coco_annotations),
