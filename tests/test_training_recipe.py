@@ -275,6 +275,16 @@ def test_image_cell_targets_mark_the_cells_a_region_covers():
     assert targets.shape == (2, 4, 3)
     assert targets[0, :, 2].tolist() == [1, 0, 0, 0] and targets[0].sum() == 1
     assert targets[1, :, 0].tolist() == [0, 0, 1, 1] and targets[1].sum() == 2
+    # a small object (1% of the image) lies in one cell of a one-cell grid: still present there
+    small = torch.zeros(1, 20, 20)
+    small[0, 2:4, 2:4] = 1
+    assert image_cell_targets(small, torch.tensor([0]), torch.tensor([1]), n_images=1, grid=1, n_classes=2)[0, 0].tolist() == [0, 1]
+    # a sliver of a large region (under the threshold of a cell and under half of the region) is not
+    edge = torch.zeros(1, 20, 20)
+    edge[0, :, :10] = 1
+    edge[0, 0, 10] = 1
+    assert image_cell_targets(edge, torch.tensor([0]), torch.tensor([0]), n_images=1, grid=2, n_classes=1)[0, :, 0].tolist() \
+        == [1, 0, 1, 0]
 
 
 def test_evaluation_warns_when_validation_images_are_missing(world, tmp_path):

@@ -87,9 +87,16 @@ def region_path_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 def image_cell_targets(region_masks: torch.Tensor, region_image_index: torch.Tensor, region_classes: torch.Tensor,
                        n_images: int, grid: int, n_classes: int) -> torch.Tensor:
-    """(B, grid*grid, n_classes) 0/1: which labels have a region covering part of each image-token cell."""
-    cover = F.adaptive_avg_pool2d(region_masks.float()[:, None], grid).flatten(1)  # (R, grid*grid)
-    present = (cover > CELL_COVER_THRESHOLD).float()
+    """(B, grid*grid, n_classes) 0/1: which labels have a region in each image-token cell.
+
+    A region is in a cell when it covers CELL_COVER_THRESHOLD of the cell, or when at least half
+    of the region lies in it (a small object in a large cell still counts: existence questions
+    ask about small objects too).
+    """
+    masks = region_masks.float()
+    cover = F.adaptive_avg_pool2d(masks[:, None], grid).flatten(1)  # (R, grid*grid)
+    share = cover / (masks.mean((1, 2))[:, None] * grid * grid).clamp_min(1e-9)  # of the region, in each cell
+    present = ((cover > CELL_COVER_THRESHOLD) | (share >= 0.5)).float()
     targets = torch.zeros(n_images, grid * grid, n_classes, device=region_masks.device)
     for r, (image, label) in enumerate(zip(region_image_index.tolist(), region_classes.tolist())):
         targets[image, :, label] = torch.maximum(targets[image, :, label], present[r])
