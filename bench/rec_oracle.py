@@ -11,8 +11,12 @@ model cannot learn the matching here, no vision improvement will fix REC.
     python bench/rec_oracle.py --max-candidates 3 --filler 0 --steps 1500
     python bench/rec_oracle.py --tied                  # region = sum of its label words' embeddings
     python bench/rec_oracle.py --phrase-first          # "find 'PHRASE' among <region1>, ..."
+    python bench/rec_oracle.py --verify                # answer "region 1 no , region 2 yes , . region [ 2 ]"
+    python bench/rec_oracle.py --feature-noise 1.0     # region embeddings with noise as large as themselves
 
-Prints held-out accuracy (512 fixed prompts) every ``--eval-every`` steps and a final JSON
+A held-out prompt counts as right when every answer token of it is (with ``--verify``, each
+yes/no and the final digit, which is what greedy decoding would need). Prints held-out
+accuracy (512 fixed prompts) every ``--eval-every`` steps and a final JSON
 line; the guessing rate is printed first.
 """
 
@@ -30,7 +34,7 @@ from transformers import LlamaConfig, LlamaModel
 
 CATEGORIES, COLOURS, SIZES, MAX_CANDIDATES = 12, 8, 3, 8
 WORDS = ("img from the provided masks denoted by , which one fits ' ? answer question using template region [ x ] . "
-         "assistant: <region> find among").split()
+         "assistant: <region> find among yes no").split()
 
 
 class Vocabulary:
@@ -117,7 +121,16 @@ def make_prompt(rng: random.Random, vocab: Vocabulary, args, queries: int = 1,
             ids += [answers[-1]] + vocab("] .")
         if not args.phrase_first:
             ids += vocab("which one fits") + quoted[q] + vocab("?")
-        ids += vocab("answer the question using the template region [ x ] . assistant: region [")
+        if args.verify:  # check the candidates in order up to the first that fits, then name it
+            ids += vocab("answer the question using the template region [ x ] . assistant:")
+            for k in range(target + 1):
+                ids += vocab("region") + [vocab.digit + k]
+                answers.append(vocab.words["yes" if k == target else "no"])
+                answer_positions.append(len(ids) - 1)
+                ids += [answers[-1]] + vocab(",")
+            ids += vocab(". region [")
+        else:
+            ids += vocab("answer the question using the template region [ x ] . assistant: region [")
         answers.append(vocab.digit + target)
         answer_positions.append(len(ids) - 1)
     embedded = objects if positions else []
@@ -139,6 +152,10 @@ class OracleREC(nn.Module):
         self.labels = nn.ParameterDict({k: nn.Parameter(torch.randn(n, args.width) * std) for k, n in
                                         (("category", CATEGORIES), ("colour", COLOURS), ("size", SIZES))})
         self.number = nn.Parameter(torch.randn(MAX_CANDIDATES, args.width) * std)
+        if args.symmetric_qk:  # keys start equal to queries: each token attends to tokens like itself
+            with torch.no_grad():
+                for layer in self.lm.layers:
+                    layer.self_attn.k_proj.weight.copy_(layer.self_attn.q_proj.weight)
 
     def region_embedding(self, category: int, colour: int, size: int, number: int) -> torch.Tensor:
         if self.args.tied:  # the sum of the embeddings of its label words
@@ -146,6 +163,9 @@ class OracleREC(nn.Module):
             e = words[self.vocab.category + category] + words[self.vocab.colour + colour] + words[self.vocab.size + size]
         else:
             e = self.labels["category"][category] + self.labels["colour"][colour] + self.labels["size"][size]
+        if self.args.feature_noise:  # imperfect features: fresh noise of the given norm relative to e
+            noise = torch.randn_like(e)
+            e = e + noise * (self.args.feature_noise * e.norm() / noise.norm())
         return e if self.args.number_as_text else e + self.number[number]
 
     def forward(self, prompts, with_attention: bool = False):  # -> (answers, vocab) logits at the answer digits
@@ -196,6 +216,12 @@ def main() -> None:
                         help="training questions per listing of the candidates (dense supervision; held-out: 1)")
     parser.add_argument("--two-candidate-steps", type=int, default=0,
                         help="a curriculum: train on two-candidate prompts for this many steps first")
+    parser.add_argument("--verify", action="store_true",
+                        help="answer by checking each candidate in order ('region 1 no , region 2 yes , . region [ 2 ]')")
+    parser.add_argument("--feature-noise", type=float, default=0.0,
+                        help="add fresh noise to each region embedding, of this norm relative to the embedding's")
+    parser.add_argument("--symmetric-qk", action="store_true",
+                        help="initialise each layer's key projection equal to its query projection")
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -203,6 +229,10 @@ def main() -> None:
         parser.error("--attention-supervision needs region tokens (not --text-regions)")
     if args.attention_supervision and not 0 <= args.supervised_layer < args.layers:
         parser.error(f"--supervised-layer must name one of the {args.layers} layers (0-based)")
+    if args.verify and args.attention_supervision:
+        parser.error("--attention-supervision needs answers that are digits (not --verify)")
+    if args.verify and args.queries > 1:
+        parser.error("--verify asks one question per listing (not --queries > 1)")
     if args.queries > 1 and args.phrase_first:
         parser.error("--queries > 1 needs the paper's layout (not --phrase-first)")
     if not 2 <= args.min_candidates <= args.max_candidates <= MAX_CANDIDATES:
@@ -214,6 +244,8 @@ def main() -> None:
     held_out = [make_prompt(held_out_rng, vocab, args) for _ in range(512)]
     guess = sum(1 / p.candidates for p in held_out) / len(held_out)
     answers = torch.tensor([a for p in held_out for a in p.answers])
+    # each held-out prompt is right when all its answers are (greedy decoding then gives the target)
+    prompt_of = torch.tensor([i for i, p in enumerate(held_out) for _ in p.answers])
     print(f"guessing rate {guess:.3f}", flush=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     start, curve = time.time(), []
@@ -239,7 +271,8 @@ def main() -> None:
         if step % args.eval_every == 0 or step == args.steps:
             with torch.no_grad():
                 logits = torch.cat([model(held_out[i:i + 128]) for i in range(0, 512, 128)])
-            accuracy = float((logits.argmax(-1) == answers).float().mean())
+            wrong = torch.zeros(len(held_out)).index_add_(0, prompt_of, (logits.argmax(-1) != answers).float())
+            accuracy = float((wrong == 0).float().mean())
             curve.append((step, round(accuracy, 3)))
             print(f"step {step} loss {loss.item():.3f} held-out accuracy {accuracy:.3f} ({time.time() - start:.0f} s)",
                   flush=True)

@@ -17,7 +17,7 @@ def _oracle():
 
 def _args(**changes) -> Namespace:
     base = dict(min_candidates=3, max_candidates=8, filler=0, phrase_first=False, number_as_text=False,
-                text_regions=False)
+                text_regions=False, verify=False)
     return Namespace(**{**base, **changes})
 
 
@@ -50,10 +50,24 @@ def test_each_question_names_exactly_its_answer(layout):
             assert matching == [target]
 
 
+def test_verify_answers_check_the_candidates_in_order_up_to_the_target():
+    oracle = _oracle()
+    vocab, rng = oracle.Vocabulary(), random.Random(1)
+    yes, no = vocab.words["yes"], vocab.words["no"]
+    for _ in range(100):
+        prompt = oracle.make_prompt(rng, vocab, _args(verify=True))
+        target = prompt.answers[-1] - vocab.digit
+        # one yes/no per candidate up to the target, then the target's digit
+        assert prompt.answers[:-1] == [no] * target + [yes]
+        for k, position in enumerate(prompt.answer_positions[:-1]):
+            assert prompt.ids[position - 1 : position + 1] == [vocab.words["region"], vocab.digit + k]
+        assert prompt.ids[prompt.answer_positions[-1]] == vocab.words["["]
+
+
 @pytest.mark.parametrize("flags", [
     [], ["--tied", "--phrase-first"], ["--text-regions", "--queries", "2"],
     ["--attention-supervision", "0.5", "--supervised-layer", "0", "--readout-fraction", "0.5"],
-    ["--two-candidate-steps", "1", "--number-as-text"]])
+    ["--two-candidate-steps", "1", "--number-as-text"], ["--verify", "--symmetric-qk"]])
 def test_every_variant_trains_and_reports(flags, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["rec_oracle.py", "--steps", "2", "--eval-every", "2", "--width", "32",
                                       "--heads", "2", "--layers", "1", "--max-candidates", "4", *flags])
@@ -62,7 +76,9 @@ def test_every_variant_trains_and_reports(flags, monkeypatch, capsys):
     assert [step for step, _ in report["curve"]] == [2] and 0 <= report["curve"][0][1] <= 1
 
 
-def test_contradictory_flags_are_refused(monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["rec_oracle.py", "--text-regions", "--attention-supervision", "1"])
+@pytest.mark.parametrize("flags", [["--text-regions", "--attention-supervision", "1"],
+                                   ["--verify", "--queries", "2"], ["--verify", "--attention-supervision", "1"]])
+def test_contradictory_flags_are_refused(flags, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["rec_oracle.py", *flags])
     with pytest.raises(SystemExit):
         _oracle().main()
