@@ -198,6 +198,12 @@ def test_region_map_numbers_regions_in_the_questions_order(tokenizer, image):
     torch.testing.assert_close(again, direct)
     (swapped,) = placed([(image, [boxes[0], boxes[2]])], [Question(0, text, None, 6)])
     torch.testing.assert_close(identity[0], swapped[0])  # region 0 stays number 0
+    # several reordered questions of different lengths in one batch
+    three = build_instruction("rec", regions=range(3), phrase="the red star")
+    first, second = placed([(image, boxes)], [Question(0, three, [1, 2, 0], 6), Question(0, text, [2, 0], 6)])
+    (alone,) = placed([(image, [boxes[1], boxes[2], boxes[0]])], [Question(0, three, None, 6)])
+    torch.testing.assert_close(first, alone)
+    torch.testing.assert_close(second, direct)
     assert not torch.allclose(swapped.flip(0), direct)  # the same regions numbered the other way
     answers = api.ask_many([(image, boxes)], [Question(0, text, [2, 0], 6)])
     assert answers[0].text == api.ask_many([(image, [boxes[2], boxes[0]])], [Question(0, text, None, 6)])[0].text

@@ -263,7 +263,7 @@ class RegionGPT:
             requests.append(Request(ids, image=q.item, regions=regions, sampling=params))
         visual = self._visual(items)
         if extra:
-            visual = _with_reordered_regions(visual, [len(r) for _, r in items], [len(m) for m in reordered], extra)
+            visual = _with_reordered_regions(visual, [len(r) for _, r in items], [len(m) for _, m in reordered], extra)
         return requests, visual
 
     def _decode(self, token_ids: list[int]) -> str:
