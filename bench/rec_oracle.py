@@ -58,7 +58,7 @@ class Prompt(NamedTuple):
     region_positions: list[int]  # where region tokens (perfect embeddings) go
     region_labels: list[tuple]  # (category, colour, size) of each region token
     region_numbers: list[int]  # 0-based number of each region token
-    answers: list[int]  # the answer digit token of each question
+    answers: list[int]  # the learned answer tokens: each question's digit (with --verify, its yes/no checks too)
     answer_positions: list[int]  # the position that predicts each answer
     candidates: int
 

@@ -239,6 +239,7 @@ class RegionGPT:
         requests = []
         reordered: dict[tuple[int, tuple[int, ...]], int] = {}  # (item, region_map) -> its first region
         extra: list[int] = []  # the regions of those groups, as indices of the items' regions
+        extra_numbers: list[int] = []  # and the number each has in its question
         for q in questions:
             if not 0 <= q.item < len(items):
                 raise InvalidInputError(f"a question refers to item {q.item} but {len(items)} item(s) were given")
@@ -257,13 +258,14 @@ class RegionGPT:
                 if key not in reordered:
                     reordered[key] = offsets[-1] + len(extra)
                     extra += [offsets[q.item] + m for m in mapping]
+                    extra_numbers += range(len(mapping))
                 regions = [reordered[key] + r for r in refs]
             else:
                 regions = [offsets[q.item] + mapping[r] for r in refs]
             requests.append(Request(ids, image=q.item, regions=regions, sampling=params))
         visual = self._visual(items)
         if extra:
-            visual = _with_reordered_regions(visual, [len(r) for _, r in items], [len(m) for _, m in reordered], extra)
+            visual = _with_reordered_regions(visual, [len(r) for _, r in items], extra, extra_numbers)
         return requests, visual
 
     def _decode(self, token_ids: list[int]) -> str:
@@ -327,12 +329,13 @@ class ChatSession:
         self.messages = messages + [{"role": "assistant", "content": "".join(reply).strip()}]
 
 
-def _with_reordered_regions(visual: VisualInputs, per_item: Sequence[int], per_group: Sequence[int],
-                            extra: Sequence[int]) -> VisualInputs:
+def _with_reordered_regions(visual: VisualInputs, per_item: Sequence[int], extra: Sequence[int],
+                            extra_numbers: Sequence[int]) -> VisualInputs:
     """``visual`` with the regions ``extra`` (indices into its regions) appended, and every region
-    numbered: the items' own regions by their position in their item, each appended group from 0."""
+    numbered: the items' own regions by their position in their item, the appended ones by
+    ``extra_numbers``."""
     index = torch.tensor(list(extra), dtype=torch.long, device=visual.region_masks.device)
-    numbers = [k for n in per_item for k in range(n)] + [k for n in per_group for k in range(n)]
+    numbers = [k for n in per_item for k in range(n)] + list(extra_numbers)
 
     def grow(t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else torch.cat([t, t[index.to(t.device)]])
