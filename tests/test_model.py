@@ -111,8 +111,9 @@ def _one_step(model, processor, image):
     "frozen, extras",
     [(("vision_tower", "language_model"), {}), (("vision_tower",), {}),
      (("vision_tower",), dict(region_shape_encoder=True, region_shape_pixels=True, feature_position_embedding=True,
-                              region_number_embedding=True))],
-    ids=["stage1_alignment", "stage2_instruction", "small_model_extensions"],
+                              region_number_embedding=True)),
+     (("vision_tower",), dict(region_shape_encoder=True, region_shape_pixels=True, region_shape_context=0.5))],
+    ids=["stage1_alignment", "stage2_instruction", "small_model_extensions", "context_crop"],
 )
 def test_every_trainable_parameter_gets_gradient_after_one_step(tokenizer, image, frozen, extras):
     # The vision tower stays frozen in both stages: its blocks after the feature layer are unused.
@@ -166,9 +167,10 @@ def test_backbones_forward_and_generate(tokenizer, image, preset):
     [dict(region_pooling="roi_box"), dict(refine_residual=False), dict(refine_factor=1), dict(share_connector=False),
      dict(image_grid_size=4, image_seq_length=16), dict(feature_position_embedding=True),
      dict(region_shape_encoder=True), dict(region_shape_encoder=True, region_shape_pixels=True),
+     dict(region_shape_encoder=True, region_shape_pixels=True, region_shape_context=0.25),
      dict(region_number_embedding=True)],
     ids=["roi_box", "reference_refinement", "no_refinement", "separate_connector", "merged_4x4", "position_embedding",
-         "shape_encoder", "shape_encoder_pixels", "region_number"],
+         "shape_encoder", "shape_encoder_pixels", "shape_encoder_context", "region_number"],
 )
 def test_architecture_switches(tokenizer, image, overrides):
     model = make_model("tiny-clip-llama", tokenizer, **overrides)
@@ -202,9 +204,30 @@ def test_region_pixel_crop_reads_the_region_s_own_pixels():
     assert crops.abs().sum() == 0
 
 
+def test_region_context_crop_shows_the_surroundings_and_the_mask():
+    from regiongpt.model.region_shape import crop_region_context, mask_boxes
+
+    pixels = torch.zeros(1, 3, 32, 32)
+    pixels[0, 1, 8:16, 16:24] = 1.0  # a green square: the region
+    pixels[0, 0, 8:16, 8:16] = 1.0  # a red square just left of it: the occluder
+    masks = torch.zeros(1, 32, 32)
+    masks[0, 8:16, 16:24] = 1
+    crops = crop_region_context(pixels, masks, torch.tensor([0]), mask_boxes(masks), size=8, context=0.5)
+    assert crops.shape == (1, 4, 8, 8)
+    # the box 16..24 widened by half its width on each side: 12..28, two crop cells per 4 pixels
+    assert crops[0, 3, 2:6, 2:6].min() == 1 and crops[0, 3, :, :2].max() == 0  # the mask channel
+    assert crops[0, 0, 2:6, :2].min() == 1  # the red neighbour left of the region, unmasked
+    assert crops[0, 1, 2:6, 2:6].min() == 1 and crops[0, 1, 2:6, 6:].max() == 0
+
+
 def test_pixel_shape_encoder_needs_the_shape_encoder(tokenizer):
     with pytest.raises(ValueError, match="region_shape_pixels needs region_shape_encoder"):
         make_model("tiny-clip-llama", tokenizer, region_shape_pixels=True)
+    with pytest.raises(ValueError, match="region_shape_context needs region_shape_pixels"):
+        make_model("tiny-clip-llama", tokenizer, region_shape_encoder=True, region_shape_context=0.25)
+    with pytest.raises(ValueError, match="region_shape_context must be >= 0"):
+        make_model("tiny-clip-llama", tokenizer, region_shape_encoder=True, region_shape_pixels=True,
+                   region_shape_context=-1.0)
 
 
 def test_roi_box_pooling_of_whole_map_is_its_mean():
