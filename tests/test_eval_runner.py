@@ -21,7 +21,7 @@ from regiongpt.evaluation.coco_classification import CocoClassification
 from regiongpt.evaluation.pope import Pope, find_pope_files, score_pope
 from regiongpt.evaluation.rec import candidate_order
 from regiongpt.evaluation.runner import generate_answers, read_predictions, run_evaluation
-from regiongpt.inference.api import Question
+from regiongpt.inference.api import Question, rec_max_new_tokens
 from regiongpt.evaluation.synth_suite import SynthSuite
 from regiongpt.inference.api import RegionAnswer, RegionGPT
 from regiongpt.processing.instructions import build_instruction
@@ -170,8 +170,8 @@ def test_region_map_prompts_equal_ground_on_reordered_regions(tiny, image):
     order = [2, 0]
     phrase = "the red star"
     expected = api.ground(image, [boxes[i] for i in order], phrase).text
-    prompts = [Question(0, build_instruction("rec", regions=range(2), phrase=phrase), order, 8),
-               Question(0, build_instruction("rec", regions=range(3), phrase=phrase), None, 8)]
+    prompts = [Question(0, build_instruction("rec", regions=range(2), phrase=phrase), order, rec_max_new_tokens(2)),
+               Question(0, build_instruction("rec", regions=range(3), phrase=phrase), None, rec_max_new_tokens(3))]
     got = generate_answers(api, [(image, boxes)], prompts)
     assert got[0] == expected and got[1] == api.ground(image, boxes, phrase).text
 

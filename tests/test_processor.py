@@ -7,6 +7,7 @@ import torch
 
 from regiongpt.processing.instructions import (
     NO_MATCH_ANSWER, QUESTION_TEMPLATES, TASKS, build_instruction, parse_rec_answer, parse_yes_no, rec_answer,
+    rec_checked_answer,
 )
 from regiongpt.processing.templates import SYSTEM_PROMPT, format_conversation
 
@@ -95,6 +96,21 @@ def test_instructions_cover_every_task_with_paraphrases():
     assert rec_answer(1) == "Region [2]" and rec_answer(None) == NO_MATCH_ANSWER
     assert parse_rec_answer("Region [3]") == 2 and parse_rec_answer(NO_MATCH_ANSWER) is None
     assert parse_yes_no("No, there is none.") is False and parse_yes_no("Yes. It is not red.") is True
+
+
+def test_checked_rec_answers_check_each_candidate_and_parse_to_the_choice():
+    briefs = ["small red bar", "large blue ring", "medium green dotted star"]
+    checked = rec_checked_answer(briefs, 1)
+    assert checked == "Region [1]: small red bar, no. Region [2]: large blue ring, yes. So it is Region [2]."
+    assert parse_rec_answer(checked) == 1
+    assert parse_rec_answer(rec_checked_answer(briefs, 0)) == 0
+    none = rec_checked_answer(briefs, None)
+    assert none.count(", no.") == 3 and none.endswith(NO_MATCH_ANSWER) and parse_rec_answer(none) is None
+    # a checked answer cut off by the token budget still names the region it last looked at
+    assert parse_rec_answer("Region [1]: small red bar, no. Region [3]: medium") == 2
+    assert parse_rec_answer("no region here") is None and parse_rec_answer("Region [0]") is None
+    with pytest.raises(ValueError, match="not one of the 3 candidates"):
+        rec_checked_answer(briefs, 3)
 
 
 def test_strip_task_suffix_gives_the_question_without_suffix():

@@ -272,6 +272,35 @@ def test_dense_conversations_ask_every_expression_and_every_category(world, tmp_
         write_world(tmp_path / "bad", images=1, rec_per_image=-1, progress=False)
 
 
+def test_checked_rec_answers_describe_each_candidate_up_to_the_referred_one(world, tmp_path):
+    checked = tmp_path / "checked"
+    write_world(checked, images=N_SMALL, seed=SEED, val_fraction=0.25, progress=False, rec_answers="checked")
+    assert json.loads((checked / "meta.json").read_text())["rec_answers"] == "checked"
+    for name in ("instances.json", "refcocog/refs(umd).p", "pope/synth_pope_random.jsonl"):
+        assert (checked / name).read_bytes() == (world / name).read_bytes(), name  # only the conversations differ
+    samples = [*read_native_jsonl(checked / "native" / "train.jsonl"), *read_native_jsonl(checked / "native" / "val.jsonl")]
+    scenes = generate_scenes(N_SMALL, seed=SEED)
+    seen = 0
+    for sample, scene in zip(sorted(samples, key=lambda s: s.id[-6:]), scenes):
+        for human, answer in zip(sample.conversations[0::2], sample.conversations[1::2]):
+            if human["task"] != "rec":
+                continue
+            seen += 1
+            phrase, checks = human["value"].split("'")[1], answer["value"].split(". ")
+            k = parse_rec_answer(answer["value"])
+            last = len(scene.objects) - 1 if k is None else k
+            for i in range(last + 1):  # every candidate up to the choice: its brief caption, then yes/no
+                verdict = "yes" if i == k else "no"
+                assert checks[i].rstrip(".") == f"Region [{i + 1}]: {scene.objects[i].brief}, {verdict}"
+            if k is None:
+                assert answer["value"].endswith(NO_MATCH_ANSWER)
+            else:
+                assert phrase in scene.objects[k].referring and answer["value"].endswith(f"So it is Region [{k + 1}].")
+    assert seen
+    with pytest.raises(InvalidInputError, match="rec_answers must be one of direct, checked"):
+        write_world(tmp_path / "bad", images=1, rec_answers="cot", progress=False)
+
+
 def test_cli_end_to_end(tmp_path, capsys):
     out = tmp_path / "cli"
     assert main(["synth", str(out), "--images", "3", "--seed", "5", "--width", "200", "--height", "120", "--val-fraction", "0.34"]) == 0
@@ -287,6 +316,8 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert main(["synth", str(out), "--images", "1", "--overwrite", "--quiet", "--rec-per-image", "all",
                  "--existence-per-image", "3"]) == 0
     assert json.loads((out / "meta.json").read_text())["existence_per_image"] == 3
+    assert main(["synth", str(out), "--images", "1", "--overwrite", "--quiet", "--rec-answers", "checked"]) == 0
+    assert json.loads((out / "meta.json").read_text())["rec_answers"] == "checked"
     with pytest.raises(SystemExit):
         main(["synth", str(out), "--rec-per-image", "some"])
     assert "expected a count >= 0 or 'all'" in capsys.readouterr().err

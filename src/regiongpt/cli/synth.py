@@ -34,6 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--existence-per-image", type=_count_or_all, default=1, metavar="N|all",
                         help="yes/no existence questions per native conversation: N present and N absent; "
                              "'all': every category, and each present one in its colour and in another")
+    parser.add_argument("--rec-answers", choices=("direct", "checked"), default="direct",
+                        help="how native conversations answer REC questions: 'direct' (\"Region [2]\", the paper's "
+                             "form) or 'checked' (each candidate's brief caption and yes/no before the choice, "
+                             "\"Region [1]: small red bar, no. Region [2]: large blue ring, yes. So it is Region [2].\")")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -66,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         rec_per_image=args.rec_per_image,
         existence_per_image=args.existence_per_image,
+        rec_answers=args.rec_answers,
     )
     print(
         f"wrote {meta['images']} images ({meta['splits']['train']} train, {meta['splits']['val']} val), "

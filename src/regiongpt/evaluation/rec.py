@@ -34,11 +34,10 @@ from regiongpt.errors import InvalidInputError
 from regiongpt.evaluation.coco_classification import SIZE_BUCKETS, coco_size_bucket
 from regiongpt.evaluation.metrics import accuracy
 from regiongpt.evaluation.runner import Benchmark, ImageJob, Query, Scores, generate_answers
-from regiongpt.inference.api import Question
+from regiongpt.inference.api import Question, rec_max_new_tokens
 from regiongpt.processing.instructions import parse_rec_answer
 
 VARIANTS = ("all", "shuffled", "capped")
-REC_MAX_NEW_TOKENS = 8
 CANDIDATE_BUCKETS = (("1-5", 5), ("6-10", 10), ("11-20", 20), (">20", 10**9))
 
 
@@ -80,7 +79,7 @@ def rec_prompts(model, job: ImageJob, item: int) -> list[Question]:
     for query in job.queries:
         phrase, order = query.payload
         question = model.instruction("rec", regions=range(len(order)), phrase=phrase)
-        prompts.append(Question(item, question, order, REC_MAX_NEW_TOKENS))
+        prompts.append(Question(item, question, order, rec_max_new_tokens(len(order))))
     return prompts
 
 

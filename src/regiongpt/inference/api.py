@@ -27,6 +27,14 @@ from regiongpt.processing.instructions import build_instruction, parse_rec_answe
 BUILTIN_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo-model"
 DESCRIBE_TASKS = ("brief", "detailed", "classify", "label")
 DEFAULT_MAX_NEW_TOKENS = {"brief": 24, "detailed": 128, "classify": 8, "label": 16, "rec": 8, "chat": 256}
+REC_TOKENS_PER_CANDIDATE = 24  # a checked REC answer spends ~14 tokens on each candidate it checks
+
+
+def rec_max_new_tokens(candidates: int) -> int:
+    """The token budget of a REC answer over ``candidates`` regions: room for a checked answer
+    (a brief caption and yes/no per candidate, :func:`rec_checked_answer`); a direct answer
+    ("Region [2]") ends long before it."""
+    return DEFAULT_MAX_NEW_TOKENS["rec"] + REC_TOKENS_PER_CANDIDATE * candidates
 
 
 @dataclass
@@ -177,7 +185,8 @@ class RegionGPT:
         if not regions:
             raise InvalidInputError("give the candidate regions to choose from")
         question = self.instruction("rec", regions=range(len(regions)), phrase=phrase)
-        text = self.ask_many([(image, regions)], [Question(0, question, max_new_tokens=DEFAULT_MAX_NEW_TOKENS["rec"])])[0].text
+        budget = rec_max_new_tokens(len(regions))
+        text = self.ask_many([(image, regions)], [Question(0, question, max_new_tokens=budget)])[0].text
         index = parse_rec_answer(text)
         return GroundingResult(index if index is not None and index < len(regions) else None, text)
 

@@ -186,15 +186,42 @@ def rec_answer(index: int | None) -> str:
     return NO_MATCH_ANSWER if index is None else f"Region [{index + 1}]"
 
 
+REC_ANSWER_STYLES = ("direct", "checked")
+
+
+def rec_checked_answer(descriptions: Sequence[str], index: int | None) -> str:
+    """A REC answer that checks the candidates in order before naming one:
+    "Region [1]: small red bar, no. Region [2]: large blue ring, yes. So it is Region [2]."
+    (all "no", then "No corresponding options found.", when ``index`` is None).
+
+    Each check says what the candidate is, then compares that text with the phrase; a small
+    language model trained from scratch learns this chain where it does not learn to pick the
+    matching region token in one step (bench/rec_oracle.md, "Sixth round"). The conclusion uses
+    the paper's template, so :func:`parse_rec_answer` reads it like a direct answer.
+    """
+    if index is not None and not 0 <= index < len(descriptions):
+        raise ValueError(f"REC target {index} is not one of the {len(descriptions)} candidates")
+    stop = len(descriptions) if index is None else index + 1
+    checks = [f"{rec_answer(k)}: {descriptions[k]}, {'yes' if k == index else 'no'}." for k in range(stop)]
+    return " ".join([*checks, NO_MATCH_ANSWER if index is None else f"So it is {rec_answer(index)}."])
+
+
 _REC_PATTERN = re.compile(r"region\s*\[?\s*(\d+)\s*\]?", re.IGNORECASE)
 
 
 def parse_rec_answer(text: str) -> int | None:
-    """The 0-based region index named in a "Region [k]" answer, or None (no match / unparsable)."""
-    match = _REC_PATTERN.search(text)
-    if match is None:
+    """The 0-based region index a REC answer settles on, or None (no match / unparsable).
+
+    A direct answer names one region ("Region [3]"); a checked answer names each candidate it
+    checks and ends with the one it chose, so the last region named counts. An answer that
+    says "No corresponding options found." chose none.
+    """
+    if NO_MATCH_ANSWER.lower().rstrip(".") in text.lower():
         return None
-    k = int(match.group(1))
+    matches = _REC_PATTERN.findall(text)
+    if not matches:
+        return None
+    k = int(matches[-1])
     return k - 1 if k >= 1 else None
 
 

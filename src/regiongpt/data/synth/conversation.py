@@ -16,7 +16,9 @@ from regiongpt.data.native import NativeRegion, NativeSample
 from regiongpt.data.synth.annotate import RefPhrase, existence_negatives, existence_positives, present_pairs, resolve
 from regiongpt.data.synth.scene import Scene
 from regiongpt.data.synth.world import CATEGORIES, COLOUR_NAMES
-from regiongpt.processing.instructions import build_instruction, rec_answer, region_ref
+from regiongpt.processing.instructions import (
+    REC_ANSWER_STYLES, build_instruction, rec_answer, rec_checked_answer, region_ref,
+)
 from regiongpt.processing.rle import encode_rle
 
 # As the paper's "Answer the question using COCO-80 category names.": the prompt names the
@@ -67,14 +69,18 @@ def _absent_phrase(scene: Scene, rng: random.Random) -> RefPhrase:
 
 
 def build_conversation(scene: Scene, rng: random.Random, rec_per_image: int | None = REC_PER_IMAGE,
-                       existence_per_image: int | None = 1) -> list[dict[str, str]]:
+                       existence_per_image: int | None = 1, rec_answers: str = "direct") -> list[dict[str, str]]:
     """One shuffled multi-turn conversation covering every region of the scene.
 
     ``rec_per_image``: REC questions (None: one per referring expression of every region);
+    ``rec_answers``: "direct" ("Region [2]", the paper's form) or "checked" (each candidate's
+    brief caption and a yes/no before the choice, :func:`rec_checked_answer`);
     ``existence_per_image``: present and as many absent things asked about (None: every
     category, plus each present category in its own colour and in a colour it does not have).
     Dense questions are meant to be trained as independent turns (``data.independent_tasks``).
     """
+    if rec_answers not in REC_ANSWER_STYLES:
+        raise ValueError(f"rec_answers must be one of {', '.join(REC_ANSWER_STYLES)}, got {rec_answers!r}")
     n = len(scene.objects)
     qa: list[tuple[str, str, str]] = []  # (task, question, answer)
     for k, obj in enumerate(scene.objects):
@@ -89,10 +95,13 @@ def build_conversation(scene: Scene, rng: random.Random, rec_per_image: int | No
     else:
         asked = [(k, scene.objects[k].referring[0]) for k in rng.sample(referable, min(len(referable), rec_per_image))]
     for k, phrase in asked:
+        target: int | None = k
         if rng.random() < REC_NEGATIVE_PROBABILITY:
-            phrase, answer = _absent_phrase(scene, rng).text(), rec_answer(None)
+            phrase, target = _absent_phrase(scene, rng).text(), None
+        if rec_answers == "checked":
+            answer = rec_checked_answer([obj.brief for obj in scene.objects], target)
         else:
-            answer = rec_answer(k)
+            answer = rec_answer(target)
         qa.append(("rec", build_instruction("rec", regions=range(n), phrase=phrase, rng=rng), answer))
     if n >= 2:
         pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
@@ -135,6 +144,7 @@ def native_sample(
     masks: Sequence[dict[str, Any]] | None = None,
     rec_per_image: int | None = REC_PER_IMAGE,
     existence_per_image: int | None = 1,
+    rec_answers: str = "direct",
 ) -> NativeSample:
     """The native sample of a scene: every object as a region (in depth order) plus its conversation.
 
@@ -157,7 +167,7 @@ def native_sample(
         width=scene.width,
         height=scene.height,
         regions=regions,
-        conversations=build_conversation(scene, rng, rec_per_image, existence_per_image),
+        conversations=build_conversation(scene, rng, rec_per_image, existence_per_image, rec_answers),
         source="synth",
         split=split,
     )

@@ -43,7 +43,7 @@ from regiongpt.data.synth.generate import DEFAULT_HEIGHT, DEFAULT_WIDTH, generat
 from regiongpt.data.synth.scene import Scene
 from regiongpt.data.synth.world import CATEGORIES, COLOURS, DIFFICULTY_TAGS, SIZES, TEXTURES, category_id
 from regiongpt.errors import InvalidInputError
-from regiongpt.processing.instructions import build_instruction
+from regiongpt.processing.instructions import REC_ANSWER_STYLES, build_instruction
 from regiongpt.processing.rle import encode_rle
 
 POPE_SETTINGS: tuple[str, ...] = ("random", "popular", "adversarial")
@@ -122,7 +122,8 @@ class _Collected:
 
 
 def _collect_scene(store: _Collected, scene: Scene, index: int, file_name: str, split: str, ref_split: str, seed: int,
-                   rec_per_image: int | None = REC_PER_IMAGE, existence_per_image: int | None = 1) -> None:
+                   rec_per_image: int | None = REC_PER_IMAGE, existence_per_image: int | None = 1,
+                   rec_answers: str = "direct") -> None:
     image_id = index + 1
     first_ann = len(store.coco_annotations) + 1
     ann_ids = [first_ann + k for k in range(len(scene.objects))]
@@ -163,7 +164,7 @@ def _collect_scene(store: _Collected, scene: Scene, index: int, file_name: str, 
             )
     sample = native_sample(
         scene, f"synth-{split}-{image_id:06d}", f"../images/{file_name}", split, ann_ids, text_rng(seed, index), masks=rles,
-        rec_per_image=rec_per_image, existence_per_image=existence_per_image,
+        rec_per_image=rec_per_image, existence_per_image=existence_per_image, rec_answers=rec_answers,
     )
     store.native[split].append(sample)
     store.pope_images.append((split != "train", file_name, present_pairs(scene)))
@@ -226,12 +227,14 @@ def write_world(
     progress: bool = True,
     rec_per_image: int | None = REC_PER_IMAGE,
     existence_per_image: int | None = 1,
+    rec_answers: str = "direct",
 ) -> dict[str, Any]:
     """Generate ``images`` scenes and write every format to ``out``; returns the meta dict.
 
     ``rec_per_image`` / ``existence_per_image`` set how many REC and existence questions each
-    native conversation asks (None: all of them, see ``build_conversation``); the other formats
-    do not depend on them.
+    native conversation asks (None: all of them, see ``build_conversation``), and
+    ``rec_answers`` how REC questions are answered there ("direct" or "checked"); the other
+    formats do not depend on them.
 
     Raises :class:`InvalidInputError` for bad arguments (N < 1, unwritable or non-empty ``out``
     without ``overwrite``, sizes out of range, a validation fraction outside [0, 1)).
@@ -240,6 +243,8 @@ def write_world(
     for name, value in (("rec_per_image", rec_per_image), ("existence_per_image", existence_per_image)):
         if value is not None and (not isinstance(value, int) or value < 0):
             raise InvalidInputError(f"{name} must be a count >= 0 or None (all), got {value!r}")
+    if rec_answers not in REC_ANSWER_STYLES:
+        raise InvalidInputError(f"rec_answers must be one of {', '.join(REC_ANSWER_STYLES)}, got {rec_answers!r}")
     check_arguments(out, images, seed, width, height, val_fraction, overwrite)
     if overwrite:
         _clear_previous(out)
@@ -257,7 +262,8 @@ def write_world(
         if split == "val":
             ref_split = "val" if n_val_seen % 2 == 0 else "test"
             n_val_seen += 1
-        _collect_scene(store, scene, index, file_name, split, ref_split, seed, rec_per_image, existence_per_image)
+        _collect_scene(store, scene, index, file_name, split, ref_split, seed, rec_per_image, existence_per_image,
+                       rec_answers)
         if len(store.gallery) < GALLERY_SCENES:
             store.gallery.append(scene)
 
@@ -298,6 +304,7 @@ def write_world(
         "val_fraction": val_fraction,
         "rec_per_image": "all" if rec_per_image is None else rec_per_image,
         "existence_per_image": "all" if existence_per_image is None else existence_per_image,
+        "rec_answers": rec_answers,
         "splits": {split: len(samples) for split, samples in store.native.items()},
         "ref_splits": dict(sorted(Counter(r["split"] for r in store.refs).items())),
         "annotations": len(store.coco_annotations),
