@@ -12,6 +12,7 @@ model cannot learn the matching here, no vision improvement will fix REC.
     python bench/rec_oracle.py --tied                  # region = sum of its label words' embeddings
     python bench/rec_oracle.py --phrase-first          # "find 'PHRASE' among <region1>, ..."
     python bench/rec_oracle.py --verify                # answer "region 1 no , region 2 yes , . region [ 2 ]"
+    python bench/rec_oracle.py --verify --describe     # "region 1 small red bar no , region 2 ... yes , ..."
     python bench/rec_oracle.py --feature-noise 1.0     # region embeddings with noise as large as themselves
 
 A held-out prompt counts as right when every answer token of it is (with ``--verify``, each
@@ -125,6 +126,12 @@ def make_prompt(rng: random.Random, vocab: Vocabulary, args, queries: int = 1,
             ids += vocab("answer the question using the template region [ x ] . assistant:")
             for k in range(target + 1):
                 ids += vocab("region") + [vocab.digit + k]
+                if args.describe:  # first say what region k is, then compare that text with the phrase
+                    category_k, colour_k, size_k = objects[k]
+                    for word in (vocab.size + size_k, vocab.colour + colour_k, vocab.category + category_k):
+                        answers.append(word)
+                        answer_positions.append(len(ids) - 1)
+                        ids.append(word)
                 answers.append(vocab.words["yes" if k == target else "no"])
                 answer_positions.append(len(ids) - 1)
                 ids += [answers[-1]] + vocab(",")
@@ -218,6 +225,9 @@ def main() -> None:
                         help="a curriculum: train on two-candidate prompts for this many steps first")
     parser.add_argument("--verify", action="store_true",
                         help="answer by checking each candidate in order ('region 1 no , region 2 yes , . region [ 2 ]')")
+    parser.add_argument("--describe", action="store_true",
+                        help="with --verify, each check first describes the candidate "
+                             "('region 1 small red bar no , region 2 large blue ring yes , . region [ 2 ]')")
     parser.add_argument("--feature-noise", type=float, default=0.0,
                         help="add fresh noise to each region embedding, of this norm relative to the embedding's")
     parser.add_argument("--symmetric-qk", action="store_true",
@@ -229,6 +239,8 @@ def main() -> None:
         parser.error("--attention-supervision needs region tokens (not --text-regions)")
     if args.attention_supervision and not 0 <= args.supervised_layer < args.layers:
         parser.error(f"--supervised-layer must name one of the {args.layers} layers (0-based)")
+    if args.describe and not args.verify:
+        parser.error("--describe is a kind of --verify answer: add --verify")
     if args.verify and args.attention_supervision:
         parser.error("--attention-supervision needs answers that are digits (not --verify)")
     if args.verify and args.queries > 1:
@@ -274,8 +286,15 @@ def main() -> None:
             wrong = torch.zeros(len(held_out)).index_add_(0, prompt_of, (logits.argmax(-1) != answers).float())
             accuracy = float((wrong == 0).float().mean())
             curve.append((step, round(accuracy, 3)))
-            print(f"step {step} loss {loss.item():.3f} held-out accuracy {accuracy:.3f} ({time.time() - start:.0f} s)",
-                  flush=True)
+            checks = ""
+            if args.verify:  # how often each kind of answer token is right
+                right = logits.argmax(-1) == answers
+                yes_no = (answers == vocab.words["yes"]) | (answers == vocab.words["no"])
+                digit = (answers >= vocab.digit) & (answers < vocab.digit + MAX_CANDIDATES) & ~yes_no
+                kinds = {"yes/no": yes_no, "digit": digit, "words": ~yes_no & ~digit}
+                checks = " (" + ", ".join(f"{k} {right[m].float().mean():.3f}" for k, m in kinds.items() if m.any()) + ")"
+            print(f"step {step} loss {loss.item():.3f} held-out accuracy {accuracy:.3f}{checks} "
+                  f"({time.time() - start:.0f} s)", flush=True)
     print(json.dumps({"settings": vars(args), "guessing_rate": round(guess, 3), "curve": curve,
                       "seconds": round(time.time() - start, 1)}))
 

@@ -17,7 +17,7 @@ def _oracle():
 
 def _args(**changes) -> Namespace:
     base = dict(min_candidates=3, max_candidates=8, filler=0, phrase_first=False, number_as_text=False,
-                text_regions=False, verify=False)
+                text_regions=False, verify=False, describe=False)
     return Namespace(**{**base, **changes})
 
 
@@ -64,10 +64,28 @@ def test_verify_answers_check_the_candidates_in_order_up_to_the_target():
         assert prompt.ids[prompt.answer_positions[-1]] == vocab.words["["]
 
 
+def test_described_checks_say_each_candidate_before_its_yes_or_no():
+    oracle = _oracle()
+    vocab, rng = oracle.Vocabulary(), random.Random(2)
+    yes, no = vocab.words["yes"], vocab.words["no"]
+    for _ in range(100):
+        prompt = oracle.make_prompt(rng, vocab, _args(verify=True, describe=True))
+        target = prompt.answers[-1] - vocab.digit
+        checks = [prompt.answers[4 * k : 4 * k + 4] for k in range(target + 1)]
+        assert len(prompt.answers) == 4 * (target + 1) + 1
+        for k, (size, colour, category, verdict) in enumerate(checks):
+            assert (category - vocab.category, colour - vocab.colour, size - vocab.size) == prompt.region_labels[k]
+            assert verdict == (yes if k == target else no)
+        # each answer but the final digit is written into the prompt right after the position that predicts it
+        for a, position in zip(prompt.answers[:-1], prompt.answer_positions[:-1]):
+            assert prompt.ids[position + 1] == a
+        assert prompt.answer_positions[-1] == len(prompt.ids) - 1
+
+
 @pytest.mark.parametrize("flags", [
     [], ["--tied", "--phrase-first"], ["--text-regions", "--queries", "2"],
     ["--attention-supervision", "0.5", "--supervised-layer", "0", "--readout-fraction", "0.5"],
-    ["--two-candidate-steps", "1", "--number-as-text"], ["--verify", "--symmetric-qk"]])
+    ["--two-candidate-steps", "1", "--number-as-text"], ["--verify", "--symmetric-qk"], ["--verify", "--describe"]])
 def test_every_variant_trains_and_reports(flags, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["rec_oracle.py", "--steps", "2", "--eval-every", "2", "--width", "32",
                                       "--heads", "2", "--layers", "1", "--max-candidates", "4", *flags])
@@ -77,7 +95,8 @@ def test_every_variant_trains_and_reports(flags, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("flags", [["--text-regions", "--attention-supervision", "1"],
-                                   ["--verify", "--queries", "2"], ["--verify", "--attention-supervision", "1"]])
+                                   ["--verify", "--queries", "2"], ["--verify", "--attention-supervision", "1"],
+                                   ["--describe"]])
 def test_contradictory_flags_are_refused(flags, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["rec_oracle.py", *flags])
     with pytest.raises(SystemExit):
