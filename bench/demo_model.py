@@ -30,6 +30,7 @@ from synth_report import bucket_table, headline  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"classification": 0.95, "brief": 0.80, "rec": 0.90, "existence": 0.90}  # issue: the built-in model
 ASSET = ROOT / "src" / "regiongpt" / "assets" / "demo-model"
+REC_ANSWERS = "direct"  # the world's REC answer style (bench/demo_model.md, "Sixth round")
 
 
 def run(command: list[str]) -> float:
@@ -59,6 +60,8 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=8500, help="world size (train + val)")
     parser.add_argument("--val-images", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rec-answers", choices=("direct", "checked"), default=REC_ANSWERS,
+                        help="how the world's conversations answer REC questions (`regiongpt synth --rec-answers`)")
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "demo-build")
     parser.add_argument("--no-export", action="store_true", help="do not replace the shipped model")
     parser.add_argument("--skip-train", action="store_true",
@@ -68,9 +71,12 @@ def main() -> int:
     cli = [sys.executable, "-m", "regiongpt.cli.main"]
     world, run_dir, eval_dir = args.workdir / "world", args.workdir / "run", args.workdir / "eval"
     times = {}
-    if not (world / "meta.json").exists():
+    wanted = {"images": args.images, "seed": args.seed, "rec_answers": args.rec_answers}
+    meta = json.loads((world / "meta.json").read_text()) if (world / "meta.json").exists() else {}
+    if {k: meta.get(k, "direct" if k == "rec_answers" else None) for k in wanted} != wanted:
         times["synth_s"] = run(cli + ["synth", str(world), "--images", str(args.images), "--seed", str(args.seed),
-                                            "--val-fraction", str(args.val_images / args.images), "--quiet", "--overwrite"])
+                                      "--val-fraction", str(args.val_images / args.images),
+                                      "--rec-answers", args.rec_answers, "--quiet", "--overwrite"])
     train_command = cli + ["train", "configs/demo.yaml", f"data.train=native:{world}/native/train.jsonl",
                                  f"data.val=native:{world}/native/val.jsonl", f"train.output_dir={run_dir}",
                                  "train.progress=false", "train.log_every=50", *args.train_overrides]
@@ -115,7 +121,8 @@ def write_report(args, train_command, times, results, size_mb) -> None:
         f"Trained by `python bench/demo_model.py` on {platform.processor() or platform.machine()} "
         f"({os.cpu_count()} cores), {time.strftime('%Y-%m-%d')}.",
         "",
-        f"- world: {args.images} images (seed {args.seed}), {args.val_images} held out",
+        f"- world: {args.images} images (seed {args.seed}, REC answers {args.rec_answers}), "
+        f"{args.val_images} held out",
         f"- training command: `{' '.join(str(c) for c in train_command[2:])}`",
         f"- trained {times['steps']} optimiser steps"
         + (" (stopped before the configured end)" if times["steps"] < planned_steps(args.workdir / "run") else ""),

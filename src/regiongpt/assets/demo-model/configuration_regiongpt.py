@@ -71,6 +71,10 @@ class RegionGPTConfig(PreTrainedConfig):
         region_shape_size: side of the cropped mask the shape encoder reads.
         region_shape_pixels: the shape encoder also reads the region's masked pixels in that
             crop (a focal crop: small objects' colour and texture at crop resolution).
+        region_shape_context: with region_shape_pixels, read the *unmasked* image in the box
+            widened by this fraction of its size on each side, plus the mask as a fourth
+            channel (Describe Anything's focal crop; shows what covers an occluded region).
+            0 = the region's masked pixels only.
         region_number_embedding: add a code of each region's number within its image
             (`<regionK>`'s K) to its embedding (zero-initialised; for small models that cannot
             count the candidate list of a REC prompt, see region_number.py).
@@ -114,6 +118,7 @@ class RegionGPTConfig(PreTrainedConfig):
     region_shape_encoder: bool = False
     region_shape_size: int = 16
     region_shape_pixels: bool = False
+    region_shape_context: float = 0.0
     region_number_embedding: bool = False
     projector_hidden_act: str = "gelu"
     multimodal_projector_bias: bool = True
@@ -158,6 +163,10 @@ class RegionGPTConfig(PreTrainedConfig):
             raise ValueError("image_token_id and region_token_id must differ")
         if self.region_shape_pixels and not self.region_shape_encoder:
             raise ValueError("region_shape_pixels needs region_shape_encoder=True (it is an input of that encoder)")
+        if self.region_shape_context < 0:
+            raise ValueError(f"region_shape_context must be >= 0 (a fraction of the box), got {self.region_shape_context}")
+        if self.region_shape_context and not self.region_shape_pixels:
+            raise ValueError("region_shape_context needs region_shape_pixels=True (it widens that pixel crop)")
 
 
 __all__ = ["RegionGPTConfig"]

@@ -99,7 +99,8 @@ class RegionGPTModel(RegionGPTPreTrainedModel):
             else Connector(config.vision_feature_dim, text_dim, config.projector_hidden_act, config.multimodal_projector_bias)
         )
         self.region_shape_encoder = (
-            RegionShapeEncoder(config.vision_feature_dim, config.region_shape_size, pixels=config.region_shape_pixels)
+            RegionShapeEncoder(config.vision_feature_dim, config.region_shape_size, pixels=config.region_shape_pixels,
+                               context=config.region_shape_context)
             if config.region_shape_encoder
             else None
         )

@@ -6,7 +6,11 @@ With ``pixels=True`` it also reads the region's own pixels in that crop (the mod
 image times the mask, a "focal crop" in the sense of Describe Anything): a small object's
 colour and texture then reach the region at crop resolution instead of through one or two
 cells of a stride-16 feature map, where a from-scratch CNN tower loses them
-(bench/demo_model.md).
+(bench/demo_model.md). With ``context > 0`` that pixel crop is instead the *unmasked* image
+in the box widened by ``context`` of its size on each side, with the mask as a fourth
+channel (Describe Anything's focal crop): an occluded region's cut edge then shows the
+object that covers it, which a crop of the region's pixels alone cannot tell from its own
+outline.
 
 Mask pooling averages features over the region, which keeps what the region contains but
 not the outline the user drew, nor where it is. Large CLIP features carry both implicitly;
@@ -69,16 +73,37 @@ def crop_region_pixels(pixels: torch.Tensor, masks: torch.Tensor, image_index: t
     return F.avg_pool2d(crops, 2)
 
 
+def widen_boxes(boxes: torch.Tensor, fraction: float) -> torch.Tensor:
+    """(R, 4) xyxy boxes grown by ``fraction`` of their width and height on each side."""
+    grow = (boxes[:, 2:] - boxes[:, :2]) * fraction  # (R, 2)
+    return torch.cat([boxes[:, :2] - grow, boxes[:, 2:] + grow], 1)
+
+
+def crop_region_context(pixels: torch.Tensor, masks: torch.Tensor, image_index: torch.Tensor, boxes: torch.Tensor,
+                        size: int, context: float) -> torch.Tensor:
+    """(R, 4, size, size): the unmasked image and the mask in each box widened by ``context``
+    (outside the image: zeros), sampled like :func:`crop_region_pixels`."""
+    grid = box_sampling_grid(widen_boxes(boxes, context), *masks.shape[-2:], 2 * size)
+    planes = torch.cat([pixels.float()[image_index], masks[:, None].float()], 1)  # (R, 4, S, S)
+    crops = F.grid_sample(planes, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return F.avg_pool2d(crops, 2)
+
+
 class RegionShapeEncoder(nn.Module):
     """(R, H, W) soft masks (and, with ``pixels``, the images) -> (R, out_dim) region features."""
 
-    def __init__(self, out_dim: int, size: int = 16, channels: int = 32, pixels: bool = False):
+    def __init__(self, out_dim: int, size: int = 16, channels: int = 32, pixels: bool = False, context: float = 0.0):
         super().__init__()
+        if context < 0:
+            raise ValueError(f"the shape encoder's context must be >= 0 (a fraction of the box), got {context}")
+        if context and not pixels:
+            raise ValueError("a context crop is a kind of pixel crop: set pixels=True with context > 0")
         self.size = size
         self.pixels = pixels
+        self.context = context
         self.conv = self._branch(1, channels)  # the mask's outline
         # the region's pixels: a branch of its own, so texture edges do not drown the outline
-        self.pixel_conv = self._branch(3, channels) if pixels else None
+        self.pixel_conv = self._branch(4 if context else 3, channels) if pixels else None
         flat = channels * ((size + 3) // 4) ** 2 * (2 if pixels else 1)
         self.hidden = nn.Linear(flat + GEOMETRY_FEATURES, out_dim)
         self.out = nn.Linear(out_dim, out_dim)
@@ -108,7 +133,10 @@ class RegionShapeEncoder(nn.Module):
             if pixels.shape[-2:] != masks.shape[-2:]:
                 raise ValueError(f"images are {tuple(pixels.shape[-2:])} but masks {tuple(masks.shape[-2:])}; "
                                  "both must be in model-input pixels")
-            crops = crop_region_pixels(pixels, masks, image_index.long(), boxes, self.size)  # (R, 3, size, size)
+            if self.context:
+                crops = crop_region_context(pixels, masks, image_index.long(), boxes, self.size, self.context)
+            else:
+                crops = crop_region_pixels(pixels, masks, image_index.long(), boxes, self.size)  # (R, 3, size, size)
             shape = torch.cat([shape, self.pixel_conv(crops).flatten(1)], 1)
         scale = boxes.new_tensor([width, height, width, height])
         b = boxes / scale
