@@ -75,15 +75,25 @@ def make_readout_prompt(rng: random.Random, vocab: Vocabulary, args) -> Prompt:
     return Prompt(ids, [position], [labels], [number], [vocab.digit + number], [len(ids) - 1], 1)
 
 
-def singling_phrase(vocab: Vocabulary, objects: list[tuple], target: int) -> list[int] | None:
-    """The words that single out ``objects[target]``: its category alone, or colour + category."""
-    category, colour, _ = objects[target]
+def singling_phrase(vocab: Vocabulary, objects: list[tuple], target: int,
+                    rng: random.Random | None = None) -> list[int] | None:
+    """The words that single out ``objects[target]``: its category alone, or colour + category.
+
+    With ``rng`` (``--size-phrases``), size + category may do it too, and one of the forms that
+    single the object out is drawn at random (the synthetic world's second most common form is
+    size + category)."""
+    category, colour, size = objects[target]
     same = [o for o in objects if o[0] == category]
+    forms = []
     if len(same) == 1:
-        return [vocab.category + category]
+        forms.append([vocab.category + category])
     if sum(o[1] == colour for o in same) == 1:
-        return [vocab.colour + colour, vocab.category + category]
-    return None
+        forms.append([vocab.colour + colour, vocab.category + category])
+    if rng is not None and sum(o[2] == size for o in same) == 1:
+        forms.append([vocab.size + size, vocab.category + category])
+    if not forms:
+        return None
+    return rng.choice(forms) if rng is not None else forms[0]
 
 
 def make_prompt(rng: random.Random, vocab: Vocabulary, args, queries: int = 1,
@@ -95,7 +105,7 @@ def make_prompt(rng: random.Random, vocab: Vocabulary, args, queries: int = 1,
     while True:
         n = rng.randint(low, high)
         objects = [(rng.randrange(CATEGORIES), rng.randrange(COLOURS), rng.randrange(SIZES)) for _ in range(n)]
-        singled = [(k, singling_phrase(vocab, objects, k)) for k in range(n)]
+        singled = [(k, singling_phrase(vocab, objects, k, rng if args.size_phrases else None)) for k in range(n)]
         singled = [(k, phrase) for k, phrase in singled if phrase is not None]
         if singled:
             break
@@ -228,6 +238,8 @@ def main() -> None:
     parser.add_argument("--describe", action="store_true",
                         help="with --verify, each check first describes the candidate "
                              "('region 1 small red bar no , region 2 large blue ring yes , . region [ 2 ]')")
+    parser.add_argument("--size-phrases", action="store_true",
+                        help="phrases may also single out by size + category; each draws one of the forms that do")
     parser.add_argument("--feature-noise", type=float, default=0.0,
                         help="add fresh noise to each region embedding, of this norm relative to the embedding's")
     parser.add_argument("--symmetric-qk", action="store_true",

@@ -17,7 +17,7 @@ def _oracle():
 
 def _args(**changes) -> Namespace:
     base = dict(min_candidates=3, max_candidates=8, filler=0, phrase_first=False, number_as_text=False,
-                text_regions=False, verify=False, describe=False)
+                text_regions=False, verify=False, describe=False, size_phrases=False)
     return Namespace(**{**base, **changes})
 
 
@@ -48,6 +48,27 @@ def test_each_question_names_exactly_its_answer(layout):
                         if vocab.category + category in phrase
                         and (len(phrase) == 1 or vocab.colour + colour in phrase)]
             assert matching == [target]
+
+
+def test_size_phrases_single_out_their_target_and_use_every_form():
+    oracle = _oracle()
+    vocab, rng = oracle.Vocabulary(), random.Random(3)
+    forms = set()
+    for _ in range(300):
+        prompt = oracle.make_prompt(rng, vocab, _args(size_phrases=True))
+        ids, position = prompt.ids, prompt.answer_positions[0]
+        opening, closing = [i for i in range(position) if ids[i] == vocab.words["'"]][-2:]
+        phrase = ids[opening + 2 : closing]
+        target = prompt.answers[0] - vocab.digit
+        words = [("category", vocab.category), ("colour", vocab.colour), ("size", vocab.size)]
+        named = {name: w - base for w in phrase for name, base in words if base <= w < base + 100
+                 and (name != "category" or w < vocab.colour) and (name != "colour" or w < vocab.size)
+                 and (name != "size" or w < vocab.digit)}
+        forms.add(tuple(sorted(named)))
+        fits = [k for k, labels in enumerate(prompt.region_labels)
+                if all(labels[("category", "colour", "size").index(name)] == value for name, value in named.items())]
+        assert fits == [target]
+    assert forms == {("category",), ("category", "colour"), ("category", "size")}
 
 
 def test_verify_answers_check_the_candidates_in_order_up_to_the_target():
@@ -85,7 +106,8 @@ def test_described_checks_say_each_candidate_before_its_yes_or_no():
 @pytest.mark.parametrize("flags", [
     [], ["--tied", "--phrase-first"], ["--text-regions", "--queries", "2"],
     ["--attention-supervision", "0.5", "--supervised-layer", "0", "--readout-fraction", "0.5"],
-    ["--two-candidate-steps", "1", "--number-as-text"], ["--verify", "--symmetric-qk"], ["--verify", "--describe"]])
+    ["--two-candidate-steps", "1", "--number-as-text"], ["--verify", "--symmetric-qk"],
+    ["--verify", "--describe", "--size-phrases"]])
 def test_every_variant_trains_and_reports(flags, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["rec_oracle.py", "--steps", "2", "--eval-every", "2", "--width", "32",
                                       "--heads", "2", "--layers", "1", "--max-candidates", "4", *flags])
