@@ -72,8 +72,10 @@ def main() -> int:
     world, run_dir, eval_dir = args.workdir / "world", args.workdir / "run", args.workdir / "eval"
     times = {}
     wanted = {"images": args.images, "seed": args.seed, "rec_answers": args.rec_answers}
-    meta = json.loads((world / "meta.json").read_text()) if (world / "meta.json").exists() else {}
-    if {k: meta.get(k, "direct" if k == "rec_answers" else None) for k in wanted} != wanted:
+    meta = {"rec_answers": "direct"}  # worlds written before --rec-answers existed
+    if (world / "meta.json").exists():
+        meta.update(json.loads((world / "meta.json").read_text()))
+    if {k: meta.get(k) for k in wanted} != wanted:
         times["synth_s"] = run(cli + ["synth", str(world), "--images", str(args.images), "--seed", str(args.seed),
                                       "--val-fraction", str(args.val_images / args.images),
                                       "--rec-answers", args.rec_answers, "--quiet", "--overwrite"])

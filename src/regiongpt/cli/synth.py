@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from regiongpt.processing.instructions import REC_ANSWER_STYLES
+
 DESCRIPTION = """Generate the synthetic region-understanding world: PNG scenes of 1-8 shapes
 (14 categories, 10 colours, 4 textures, 3 sizes) with occlusion and clutter, exact visible
 masks, captions, referring expressions, relations and yes/no questions. Writes
@@ -34,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--existence-per-image", type=_count_or_all, default=1, metavar="N|all",
                         help="yes/no existence questions per native conversation: N present and N absent; "
                              "'all': every category, and each present one in its colour and in another")
-    parser.add_argument("--rec-answers", choices=("direct", "checked"), default="direct",
+    parser.add_argument("--rec-answers", choices=REC_ANSWER_STYLES, default="direct",
                         help="how native conversations answer REC questions: 'direct' (\"Region [2]\", the paper's "
                              "form) or 'checked' (each candidate's brief caption and yes/no before the choice, "
                              "\"Region [1]: small red bar, no. Region [2]: large blue ring, yes. So it is Region [2].\")")

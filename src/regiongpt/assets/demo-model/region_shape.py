@@ -59,18 +59,19 @@ def crop_masks(masks: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Ten
     return F.grid_sample(masks[:, None].float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def sample_in_boxes(planes: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """(R, C, size, size): each (C, S, S) plane stack inside its xyxy pixel box (outside the
+    image: zeros), sampled at twice the crop size and averaged down, so a large region's fine
+    texture is averaged rather than aliased."""
+    grid = box_sampling_grid(boxes, *planes.shape[-2:], 2 * size)
+    crops = F.grid_sample(planes, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return F.avg_pool2d(crops, 2)
+
+
 def crop_region_pixels(pixels: torch.Tensor, masks: torch.Tensor, image_index: torch.Tensor, boxes: torch.Tensor,
                        size: int) -> torch.Tensor:
-    """(R, 3, size, size): each region's pixels (its image's, times its mask) inside its box.
-
-    Sampled at twice the crop size and averaged down, so a large region's fine texture is
-    averaged rather than aliased.
-    """
-    grid = box_sampling_grid(boxes, *masks.shape[-2:], 2 * size)
-    images = pixels.float()[image_index]  # (R, 3, S, S)
-    masked = images * masks[:, None].float()
-    crops = F.grid_sample(masked, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return F.avg_pool2d(crops, 2)
+    """(R, 3, size, size): each region's pixels (its image's, times its mask) inside its box."""
+    return sample_in_boxes(pixels.float()[image_index] * masks[:, None].float(), boxes, size)
 
 
 def widen_boxes(boxes: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -81,12 +82,9 @@ def widen_boxes(boxes: torch.Tensor, fraction: float) -> torch.Tensor:
 
 def crop_region_context(pixels: torch.Tensor, masks: torch.Tensor, image_index: torch.Tensor, boxes: torch.Tensor,
                         size: int, context: float) -> torch.Tensor:
-    """(R, 4, size, size): the unmasked image and the mask in each box widened by ``context``
-    (outside the image: zeros), sampled like :func:`crop_region_pixels`."""
-    grid = box_sampling_grid(widen_boxes(boxes, context), *masks.shape[-2:], 2 * size)
+    """(R, 4, size, size): the unmasked image and the mask in each box widened by ``context``."""
     planes = torch.cat([pixels.float()[image_index], masks[:, None].float()], 1)  # (R, 4, S, S)
-    crops = F.grid_sample(planes, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return F.avg_pool2d(crops, 2)
+    return sample_in_boxes(planes, widen_boxes(boxes, context), size)
 
 
 class RegionShapeEncoder(nn.Module):
