@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"classification": 0.95, "brief": 0.80, "rec": 0.90, "existence": 0.90}  # issue: the built-in model
 ASSET = ROOT / "src" / "regiongpt" / "assets" / "demo-model"
 REC_ANSWERS = "direct"  # the world's REC answer style (bench/demo_model.md, "Sixth round")
+REC_PER_IMAGE = 4  # REC questions a training conversation (bench/demo_model.md, "Seventh round")
 
 
 def run(command: list[str]) -> float:
@@ -62,6 +63,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rec-answers", choices=("direct", "checked"), default=REC_ANSWERS,
                         help="how the world's conversations answer REC questions (`regiongpt synth --rec-answers`)")
+    parser.add_argument("--rec-per-image", type=lambda v: v if v == "all" else int(v), default=REC_PER_IMAGE,
+                        help="REC questions per training conversation (`regiongpt synth --rec-per-image`)")
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "demo-build")
     parser.add_argument("--no-export", action="store_true", help="do not replace the shipped model")
     parser.add_argument("--skip-train", action="store_true",
@@ -71,14 +74,16 @@ def main() -> int:
     cli = [sys.executable, "-m", "regiongpt.cli.main"]
     world, run_dir, eval_dir = args.workdir / "world", args.workdir / "run", args.workdir / "eval"
     times = {}
-    wanted = {"images": args.images, "seed": args.seed, "rec_answers": args.rec_answers}
-    meta = {"rec_answers": "direct"}  # worlds written before --rec-answers existed
+    wanted = {"images": args.images, "seed": args.seed, "rec_answers": args.rec_answers,
+              "rec_per_image": args.rec_per_image}
+    meta = {"rec_answers": "direct", "rec_per_image": 2}  # worlds written before these options existed
     if (world / "meta.json").exists():
         meta.update(json.loads((world / "meta.json").read_text()))
     if {k: meta.get(k) for k in wanted} != wanted:
         times["synth_s"] = run(cli + ["synth", str(world), "--images", str(args.images), "--seed", str(args.seed),
                                       "--val-fraction", str(args.val_images / args.images),
-                                      "--rec-answers", args.rec_answers, "--quiet", "--overwrite"])
+                                      "--rec-answers", args.rec_answers, "--rec-per-image", str(args.rec_per_image),
+                                      "--quiet", "--overwrite"])
     train_command = cli + ["train", "configs/demo.yaml", f"data.train=native:{world}/native/train.jsonl",
                                  f"data.val=native:{world}/native/val.jsonl", f"train.output_dir={run_dir}",
                                  "train.progress=false", "train.log_every=50", *args.train_overrides]
@@ -123,7 +128,8 @@ def write_report(args, train_command, times, results, size_mb) -> None:
         f"Trained by `python bench/demo_model.py` on {platform.processor() or platform.machine()} "
         f"({os.cpu_count()} cores), {time.strftime('%Y-%m-%d')}.",
         "",
-        f"- world: {args.images} images (seed {args.seed}, REC answers {args.rec_answers}), "
+        f"- world: {args.images} images (seed {args.seed}, REC answers {args.rec_answers}, "
+        f"{args.rec_per_image} REC questions a conversation), "
         f"{args.val_images} held out",
         f"- training command: `{' '.join(str(c) for c in train_command[2:])}`",
         f"- trained {times['steps']} optimiser steps"

@@ -251,3 +251,23 @@ def test_region_numbers_count_within_each_image_in_any_order():
     assert torch.cdist(codes, codes).add(torch.eye(300) * 1e3).min() > 1e-3  # every number has its own code
     embedding = RegionNumberEmbedding(8)
     assert embedding(index).abs().sum() == 0  # zero at initialisation
+
+
+def test_region_number_tokens_mark_each_region_with_its_numbers_token(tokenizer, image):
+    from regiongpt.model.region_number import number_token_marks
+
+    plain = make_model("tiny-clip-llama", tokenizer)
+    marked = make_model("tiny-clip-llama", tokenizer, region_number_token_ids=[7, 8])
+    processor = make_processor(plain, tokenizer)
+    inputs = processor(images=image, text="<image>\n<region1> <region2> <region3>", regions=BOXES)
+    with torch.no_grad():
+        base = plain(**inputs).region_embeds
+        out = marked(**inputs).region_embeds
+        table = marked.get_input_embeddings().weight
+    torch.testing.assert_close(out[0] - base[0], table[7])
+    torch.testing.assert_close(out[1] - base[1], table[8])
+    torch.testing.assert_close(out[2], base[2])  # past the list: no mark
+    marks = number_token_marks(torch.tensor([1, 0, 5]), [7, 8], marked.get_input_embeddings())
+    assert torch.equal(marks[2], torch.zeros_like(marks[2])) and torch.equal(marks[0], table[8])
+    with pytest.raises(ValueError, match="region_number_token_ids must be a list of token ids"):
+        make_model("tiny-clip-llama", tokenizer, region_number_token_ids=["1"])

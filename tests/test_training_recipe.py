@@ -341,3 +341,32 @@ def test_independent_turns_train_and_evaluate_through_the_recipe(world, tmp_path
     assert torch.isfinite(torch.tensor(metrics["loss"])) and metrics["val/rec/answers"] > 0
     with pytest.raises(InvalidInputError, match=r"'data.independent_tasks' names task 'existance'.*'existence'"):
         make_recipe(world, tmp_path / "bad", "train.max_steps=1", "data.independent_tasks=[existance]")
+
+
+def test_rec_pointer_supervision_trains_through_the_recipe(world, tmp_path):
+    recipe = make_recipe(world, tmp_path / "ptr", "train.max_steps=2", "data.val=[]", "train.rec_pointer_weight=1.0",
+                         "model.region_number_tokens=9")
+    tokens = recipe.processor.tokenizer.convert_ids_to_tokens(recipe.model.config.region_number_token_ids)
+    assert tokens == [str(k) for k in range(1, 10)]
+    metrics = recipe.train()
+    assert metrics["rec_pointer_attention_loss"] > 0 and metrics["rec_pointer_readout_loss"] > 0
+    assert 0 <= metrics["rec_pointer_acc"] <= 1
+    # the marks travel with the checkpoint
+    saved = AutoModelForImageTextToText.from_pretrained(tmp_path / "ptr" / "ckpt-000002")
+    assert saved.config.region_number_token_ids == recipe.model.config.region_number_token_ids
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.rec_pointer_layer=7", r"rec_pointer_layer is 7 but the language model has \d+ layers"),
+    ("train.rec_pointer_head=31", r"rec_pointer_head is 31 but the language model has \d+ attention heads"),
+    ("train.activation_checkpointing=true", "set train.activation_checkpointing=false"),
+    ("train.rec_pointer_head=-1", r"'train.rec_pointer_head' must be >= 0"),
+])
+def test_rec_pointer_settings_are_checked(world, tmp_path, override, message):
+    with pytest.raises(InvalidInputError, match=message):
+        make_recipe(world, tmp_path / "bad", "train.max_steps=1", "train.rec_pointer_weight=1.0", override)
+
+
+def test_region_number_tokens_need_single_digit_tokens(world, tmp_path):
+    with pytest.raises(InvalidInputError, match=r"model.region_number_tokens=\d+: the tokenizer writes '\d+' as 2 tokens"):
+        make_recipe(world, tmp_path / "many", "train.max_steps=1", "model.region_number_tokens=40")

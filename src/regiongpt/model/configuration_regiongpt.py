@@ -78,6 +78,11 @@ class RegionGPTConfig(PreTrainedConfig):
         region_number_embedding: add a code of each region's number within its image
             (`<regionK>`'s K) to its embedding (zero-initialised; for small models that cannot
             count the candidate list of a REC prompt, see region_number.py).
+        region_number_token_ids: token ids whose input embeddings mark region numbers: region
+            number k (0-based, `<region{k+1}>`) gets the embedding of token ``ids[k]`` added (a
+            small model's tokens for "1".."9"), so an answer naming a region ("Region [k]") can
+            copy the number from the region token it attends to (region_number.py). Regions past
+            the list get no mark. Empty = off.
     """
 
     model_type = "regiongpt"
@@ -120,6 +125,7 @@ class RegionGPTConfig(PreTrainedConfig):
     region_shape_pixels: bool = False
     region_shape_context: float = 0.0
     region_number_embedding: bool = False
+    region_number_token_ids: list[int] | None = None
     projector_hidden_act: str = "gelu"
     multimodal_projector_bias: bool = True
     tie_word_embeddings: bool = False
@@ -165,6 +171,9 @@ class RegionGPTConfig(PreTrainedConfig):
             raise ValueError("region_shape_pixels needs region_shape_encoder=True (it is an input of that encoder)")
         if self.region_shape_context < 0:
             raise ValueError(f"region_shape_context must be >= 0 (a fraction of the box), got {self.region_shape_context}")
+        ids = self.region_number_token_ids or []
+        if not isinstance(ids, (list, tuple)) or not all(isinstance(i, int) and i >= 0 for i in ids):
+            raise ValueError(f"region_number_token_ids must be a list of token ids (ints >= 0), got {ids!r}")
         if self.region_shape_context and not self.region_shape_pixels:
             raise ValueError("region_shape_context needs region_shape_pixels=True (it widens that pixel crop)")
 

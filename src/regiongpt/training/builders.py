@@ -12,6 +12,7 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -66,6 +67,18 @@ def load_model_and_processor(path: str | Path) -> tuple[RegionGPTForConditionalG
     return model, processor
 
 
+def number_token_ids(tokenizer: Any, count: int) -> list[int]:
+    """The ids of the single tokens that write "1".."count" (``model.region_number_tokens``)."""
+    ids = []
+    for k in range(1, count + 1):
+        pieces = tokenizer(str(k), add_special_tokens=False)["input_ids"]
+        if len(pieces) != 1:
+            raise InvalidInputError(f"model.region_number_tokens={count}: the tokenizer writes '{k}' as {len(pieces)} "
+                                    f"tokens, not one; use at most {k - 1}")
+        ids.append(pieces[0])
+    return ids
+
+
 def build_model_and_processor(
     config: ModelConfig, train_samples: Sequence[NativeSample], seed: int
 ) -> tuple[RegionGPTForConditionalGeneration, RegionGPTProcessor]:
@@ -78,6 +91,9 @@ def build_model_and_processor(
         return load_model_and_processor(config.pretrained)
     tokenizer = train_tokenizer(tokenizer_corpus(train_samples, config.tokenizer_max_samples),
                                 vocab_size=config.tokenizer_vocab_size)
+    overrides = dict(config.overrides)
+    if config.region_number_tokens:
+        overrides["region_number_token_ids"] = number_token_ids(tokenizer, config.region_number_tokens)
     try:
         model_config = build_config(
             config.preset,
@@ -86,7 +102,7 @@ def build_model_and_processor(
                             **config.text_overrides},
             vision_overrides=config.vision_overrides,
             **{"image_token_id": tokenizer.convert_tokens_to_ids("<image>"),
-               "region_token_id": tokenizer.convert_tokens_to_ids("<region>"), **config.overrides},
+               "region_token_id": tokenizer.convert_tokens_to_ids("<region>"), **overrides},
         )
     except (ValueError, TypeError) as error:
         raise InvalidInputError(f"model.preset {config.preset!r} with the given overrides: {error}") from None

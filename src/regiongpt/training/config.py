@@ -60,6 +60,10 @@ class ModelConfig:
         "it are the byte alphabet).", default=1024)
     tokenizer_max_samples: int = _doc(
         "At most this many training samples feed the in-process tokenizer.", default=20000)
+    region_number_tokens: int = _doc(
+        "For a preset: mark regions 1..N with the input embeddings of the trained tokenizer's tokens for "
+        "\"1\"..\"N\" (the model's `region_number_token_ids`), so a small model answering \"Region [k]\" can "
+        "copy k from the region it attends to (bench/demo_model.md). 0 = off.", default=0)
     image_processor: Literal["square", "llava15"] = _doc(
         "Image transform for a preset: `square` (pad to square, resize to the model's image "
         "size) or `llava15` (LLaVA-1.5's pad, resize and centre crop).", default="square")
@@ -273,6 +277,16 @@ class TrainConfig:
         "image tokens likewise keeps what each token's cell holds (weighted by `train.region_pretrain_image_weight`). "
         "The heads live in the training state, never in the "
         "exported model. 0 = off.", default=0.0)
+    rec_pointer_weight: float = _doc(
+        "Weight of an attention-supervision loss on REC answers: at each position that writes the number of "
+        "\"Region [k]\", one head of the language model (`train.rec_pointer_layer`, `train.rec_pointer_head`) is "
+        "asked to attend to region k's placeholder tokens (-log of its attention there), so the answer can look "
+        "the phrase up among the candidates (a small model trained from scratch stays at chance without it, "
+        "bench/demo_model.md). Training only; the model is unchanged. 0 = off.", default=0.0)
+    rec_pointer_layer: int = _doc(
+        "The language-model layer whose head `train.rec_pointer_weight` supervises (negative: from the last).",
+        default=-1)
+    rec_pointer_head: int = _doc("The attention head `train.rec_pointer_weight` supervises.", default=0)
     log_every: int = _doc("Write training metrics every N steps.", default=1)
     progress: bool = _doc("Show a tqdm progress bar.", default=True)
 
@@ -606,6 +620,9 @@ def validate_config(config: TrainingConfig) -> None:
             raise InvalidInputError(f"'{key}' must be >= 1, got {value}")
     if config.eval.every_steps < 0:
         raise InvalidInputError(f"'eval.every_steps' must be >= 0, got {config.eval.every_steps}")
+    if config.model.region_number_tokens < 0:
+        raise InvalidInputError(f"'model.region_number_tokens' must be >= 0 (0 = off), got "
+                                f"{config.model.region_number_tokens}")
     if d.num_workers < 0:
         raise InvalidInputError(f"'data.num_workers' must be >= 0, got {d.num_workers}")
     if o.lr <= 0 or o.warmup_steps < 0 or not 0 <= o.min_lr_ratio <= 1:
@@ -625,6 +642,10 @@ def validate_config(config: TrainingConfig) -> None:
             raise InvalidInputError(f"'optim.task_weights.{task}' must be a number >= 0, got {value!r}")
     if t.region_aux_weight < 0:
         raise InvalidInputError(f"'train.region_aux_weight' must be >= 0 (0 = off), got {t.region_aux_weight}")
+    if t.rec_pointer_weight < 0:
+        raise InvalidInputError(f"'train.rec_pointer_weight' must be >= 0 (0 = off), got {t.rec_pointer_weight}")
+    if t.rec_pointer_head < 0:
+        raise InvalidInputError(f"'train.rec_pointer_head' must be >= 0, got {t.rec_pointer_head}")
 
 
 # ----- documentation -----------------------------------------------------------------------------

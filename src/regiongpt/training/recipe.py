@@ -50,6 +50,7 @@ from .data import Batch, load_samples, stream_samples
 from .independent_turns import attention_mask_for
 from .lora import load_lora_state, merged_state_dict, save_lora_state
 from .metrics import AnswerAccuracy, MetricsWriter, StepLog, answer_loss_sum
+from .rec_pointer import AttentionInputCapture, PointerLoss, digit_tokens, pointer_loss, rec_pointers
 from .region_aux import RegionAuxiliaryHeads
 from .region_pretrain import pretrain_region_path
 
@@ -149,6 +150,7 @@ class TrainingRecipe:
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.total_steps)
         self._setup_region_aux()
+        self._setup_rec_pointer()
 
         main = self.dist.is_main  # only rank 0 writes logs
         self.metrics = MetricsWriter(self.run_dir) if main else distributed.Discard()
@@ -181,6 +183,49 @@ class TrainingRecipe:
         ).to(self.device)
         self.region_aux_optimizer = torch.optim.AdamW(self.region_aux.parameters(), lr=cfg.optim.lr,
                                                       betas=tuple(cfg.optim.betas), weight_decay=0.0)
+
+    def _setup_rec_pointer(self) -> None:
+        """``train.rec_pointer_weight``: capture the input of the supervised head's attention module
+        (``rec_pointer.py``); the loss is added in ``train_step``."""
+        t = self.config.train
+        self.rec_pointer: AttentionInputCapture | None = None
+        if not t.rec_pointer_weight:
+            return
+        if self.dist.world_size > 1:
+            raise InvalidInputError("train.rec_pointer_weight runs in one process; start it without torchrun")
+        if t.activation_checkpointing:
+            raise InvalidInputError("train.rec_pointer_weight recomputes one head's attention from the layer's "
+                                    "input, which activation checkpointing discards; set "
+                                    "train.activation_checkpointing=false")
+        layers = getattr(self.model.model.language_model, "layers", None)
+        if not isinstance(layers, torch.nn.ModuleList) or not layers:
+            raise InvalidInputError("train.rec_pointer_weight needs a language model with a `layers` list of "
+                                    f"decoder layers; {type(self.model.model.language_model).__name__} has none")
+        if not isinstance(getattr(self.model.model.language_model, "norm", None), torch.nn.Module):
+            raise InvalidInputError("train.rec_pointer_weight reads the supervised head's output through the "
+                                    "language model's final `norm`; this language model has none")
+        n_layers, n_heads = len(layers), self.model.config.text_config.num_attention_heads
+        if not -n_layers <= t.rec_pointer_layer < n_layers:
+            raise InvalidInputError(f"train.rec_pointer_layer is {t.rec_pointer_layer} but the language model has "
+                                    f"{n_layers} layers: use 0..{n_layers - 1} (or -1 for the last)")
+        if t.rec_pointer_head >= n_heads:
+            raise InvalidInputError(f"train.rec_pointer_head is {t.rec_pointer_head} but the language model has "
+                                    f"{n_heads} attention heads: use 0..{n_heads - 1}")
+        self.rec_pointer = AttentionInputCapture(layers[t.rec_pointer_layer].self_attn)
+        self.rec_digits = digit_tokens(self.processor.tokenizer.get_vocab())
+
+    def _rec_pointer_loss(self, b: Batch) -> tuple[PointerLoss | None, int]:
+        """The batch's REC attention supervision (``rec_pointer.py``): where the head looks and what
+        it writes, each a mean over the batch's supervised rows (``correct`` stays a count), and
+        the number of those rows."""
+        pointers = rec_pointers(b.inputs["input_ids"], b.answer_index, b.answer_tasks, self.processor.region_token_id,
+                                b.inputs.get("region_token_index"), self.rec_digits)
+        if not pointers:
+            return None, 0
+        lm = self.model.model.language_model
+        losses = pointer_loss(self.rec_pointer, pointers, self.config.train.rec_pointer_head,
+                              b.inputs.get("attention_mask"), readout=lambda x: self.model.lm_head(lm.norm(x)))
+        return PointerLoss(losses.attention / len(pointers), losses.readout / len(pointers), losses.correct), len(pointers)
 
     def _checkpoint_to_resume(self) -> Path | None:
         """``train.resume``: auto (newest complete checkpoint, if any), never, or a path."""
@@ -320,6 +365,7 @@ class TrainingRecipe:
             self.region_aux_optimizer.zero_grad(set_to_none=True)
         accuracy = AnswerAccuracy()
         loss_sum, tokens, aux_sum = 0.0, 0, 0.0
+        pointer_attention, pointer_readout, pointer_rows, pointer_correct = 0.0, 0.0, 0, 0
         scale = distributed.loss_scale(self.dist) / max(1, n_tokens)
         for i, b in enumerate(micro):
             if n_tokens == 0:
@@ -345,6 +391,15 @@ class TrainingRecipe:
                                                                b.inputs["region_image_index"], b.region_labels)
                     total = total + aux * (self.config.train.region_aux_weight / len(micro))
                     aux_sum += float(aux.detach()) / len(micro)
+                if self.rec_pointer is not None and weight:
+                    pointer, n_pointers = self._rec_pointer_loss(b)
+                    if pointer is not None:
+                        total = total + (pointer.attention + pointer.readout) * (
+                            self.config.train.rec_pointer_weight / len(micro))
+                        pointer_attention += float(pointer.attention.detach()) / len(micro)
+                        pointer_readout += float(pointer.readout.detach()) / len(micro)
+                        pointer_rows += n_pointers
+                        pointer_correct += pointer.correct
                 total.backward()
             if weight:
                 self._last_batch = b
@@ -370,6 +425,11 @@ class TrainingRecipe:
             loss_sum, tokens, sum(len(b.sequence_ids) for b in micro), sum(b.n_images for b in micro)])
         acc = distributed.merge_accuracy(self.dist, accuracy).compute()
         extra = {"region_aux_loss": aux_sum} if self.region_aux is not None else {}
+        if self.rec_pointer is not None:
+            extra["rec_pointer_attention_loss"] = pointer_attention
+            extra["rec_pointer_readout_loss"] = pointer_readout
+            if pointer_rows:
+                extra["rec_pointer_acc"] = pointer_correct / pointer_rows
         # per task too: the overall numbers hide a task stuck at its prior (NOTES.md)
         per_task = {k: v for k, v in acc.items() if k.endswith("/exact_match") and not k.startswith("all/")}
         return {**extra, "loss": loss_sum / max(1, n_tokens), "lr": lr, "grad_norm": float(grad_norm),

@@ -30,7 +30,8 @@ from .connector import Connector
 from .pooling import mask_pool, roi_box_pool
 from .refinement import FeatureRefiner
 from .region_shape import RegionShapeEncoder
-from .region_number import RegionNumberEmbedding
+from .region_number import RegionNumberEmbedding, number_token_marks
+from .region_number import region_numbers as region_number_codes
 from .vision import select_feature_grid
 
 # Inputs that only the prefill step consumes; later decode steps must not recompute them.
@@ -190,10 +191,15 @@ class RegionGPTModel(RegionGPTPreTrainedModel):
         pooled = self.pool_regions(vision, region_masks, region_image_index, region_boxes)
         connector = self.region_connector if self.region_connector is not None else self.connector
         embeds = connector(pooled)
-        if self.region_number_embedding is not None:
+        if self.region_number_embedding is not None or self.config.region_number_token_ids:
             index = region_image_index.to(embeds.device).long()
             numbers = None if region_numbers is None else region_numbers.to(embeds.device).long()
-            embeds = embeds + self.region_number_embedding(index, numbers).to(embeds.dtype)
+            if self.region_number_embedding is not None:
+                embeds = embeds + self.region_number_embedding(index, numbers).to(embeds.dtype)
+            if self.config.region_number_token_ids:
+                numbers = region_number_codes(index) if numbers is None else numbers
+                embeds = embeds + number_token_marks(numbers, self.config.region_number_token_ids,
+                                                     self.get_input_embeddings()).to(embeds.dtype)
         return embeds
 
     # ----- placing features in the sequence --------------------------------------------

@@ -7,6 +7,11 @@ With ``region_number_embedding`` on, each region's embedding gets a fixed sinuso
 0-based number within its image, through a learned, zero-initialised linear map into the
 language model's width: off (exactly zero) at initialisation, learned when it helps. The code
 is defined for any number of regions. Off by default (a 7B model does not need it).
+
+With ``region_number_token_ids`` (e.g. a small tokenizer's "1".."9") region k's embedding also
+gets the input embedding of the token that writes its number: a REC answer "Region [k]" then
+only has to copy the number from the region token it attends to, the circuit small language
+models learn first, instead of decoding the sinusoidal code (bench/demo_model.md, "Seventh round").
 """
 
 from __future__ import annotations
@@ -52,3 +57,11 @@ class RegionNumberEmbedding(nn.Module):
             numbers = region_numbers(region_image_index)
         code = number_code(numbers.to(region_image_index.device), self.frequencies)
         return self.proj(code.to(self.proj.weight.dtype))
+
+
+def number_token_marks(numbers: torch.Tensor, token_ids: list[int], embeddings: nn.Embedding) -> torch.Tensor:  # (R, D)
+    """The input embedding of ``token_ids[k]`` for each region number k (0-based); zero past the list."""
+    ids = torch.tensor(token_ids, dtype=torch.long, device=numbers.device)
+    known = numbers < len(token_ids)
+    marks = embeddings(ids[numbers.clamp(max=len(token_ids) - 1)])
+    return marks * known[:, None].to(marks.dtype)
