@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import groupby
 from typing import Any
 
 import torch
@@ -92,29 +93,24 @@ def rec_pointers(input_ids: torch.Tensor, answer_index: torch.Tensor, answer_tas
     pointers = []
     for row, (row_ids, row_index) in enumerate(zip(ids, index)):
         question_start = 0
-        position = 0
-        length = len(row_ids)
-        while position < length:
-            a = row_index[position]
+        for a, run in groupby(range(len(row_ids)), key=row_index.__getitem__):  # one answer's tokens, or none
             if a < 0:
-                position += 1
                 continue
-            end = position
-            while end < length and row_index[end] == a:
-                end += 1
+            positions = list(run)
+            start, end = positions[0], positions[-1] + 1
             if answer_tasks[a] in tasks:
-                group = _first_digit_group(row_ids[position:end], digits)
-                candidates = [p for p in range(question_start, position) if row_ids[p] == region_token_id]
+                group = _first_digit_group(row_ids[start:end], digits)
+                candidates = [p for p in range(question_start, start) if row_ids[p] == region_token_id]
                 if group is not None and 1 <= int(group[1]) <= len(candidates):
                     k = int(group[1]) - 1
                     region = region_of[ordinal[row][candidates[k]]]
                     for offset in group[0]:
-                        query = position + offset - 1
+                        query = start + offset - 1
                         targets = tuple(p for p in range(query + 1) if row_ids[p] == region_token_id
                                         and region_of[ordinal[row][p]] == region)
                         pointers.append(RecPointer(row, query, targets, tuple(candidates), k,
                                                    row_ids[query + 1]))
-            question_start = position = end
+            question_start = end
     return pointers
 
 
@@ -191,10 +187,10 @@ def visible_positions(attention_mask: torch.Tensor | None, row: int, query: int)
 
 @dataclass
 class PointerLoss:
-    """Sums over the supervised rows: ``attention`` = -log(attention mass on the target
+    """Means over the supervised rows: ``attention`` = -log(attention mass on the target
     placeholders); ``readout`` = cross-entropy of the number token read from what the head alone
-    writes (through the model's output head); ``correct`` = rows whose head attends more to the
-    target than to any other candidate of the question."""
+    writes (through the model's output head); ``correct`` = how many rows' head attends more to
+    the target than to any other candidate of the question."""
 
     attention: torch.Tensor
     readout: torch.Tensor
@@ -220,7 +216,8 @@ def pointer_loss(capture: AttentionInputCapture, pointers: Sequence[RecPointer],
         logits = readout(torch.stack(written)).float()  # (P, V)
         tokens = torch.tensor([p.token for p in pointers], device=logits.device)
         read = torch.nn.functional.cross_entropy(logits, tokens, reduction="sum")
-    return PointerLoss(attention, read, correct)
+    n = max(1, len(pointers))
+    return PointerLoss(attention / n, read / n, correct)
 
 
 __all__ = ["AttentionInputCapture", "PointerLoss", "RecPointer", "digit_tokens", "pointer_loss", "rec_pointers",

@@ -215,9 +215,7 @@ class TrainingRecipe:
         self.rec_digits = digit_tokens(self.processor.tokenizer.get_vocab())
 
     def _rec_pointer_loss(self, b: Batch) -> tuple[PointerLoss | None, int]:
-        """The batch's REC attention supervision (``rec_pointer.py``): where the head looks and what
-        it writes, each a mean over the batch's supervised rows (``correct`` stays a count), and
-        the number of those rows."""
+        """The batch's REC attention supervision (``rec_pointer.py``) and its number of supervised rows."""
         pointers = rec_pointers(b.inputs["input_ids"], b.answer_index, b.answer_tasks, self.processor.region_token_id,
                                 b.inputs.get("region_token_index"), self.rec_digits)
         if not pointers:
@@ -225,7 +223,7 @@ class TrainingRecipe:
         lm = self.model.model.language_model
         losses = pointer_loss(self.rec_pointer, pointers, self.config.train.rec_pointer_head,
                               b.inputs.get("attention_mask"), readout=lambda x: self.model.lm_head(lm.norm(x)))
-        return PointerLoss(losses.attention / len(pointers), losses.readout / len(pointers), losses.correct), len(pointers)
+        return losses, len(pointers)
 
     def _checkpoint_to_resume(self) -> Path | None:
         """``train.resume``: auto (newest complete checkpoint, if any), never, or a path."""

@@ -31,7 +31,7 @@ from .pooling import mask_pool, roi_box_pool
 from .refinement import FeatureRefiner
 from .region_shape import RegionShapeEncoder
 from .region_number import RegionNumberEmbedding, number_token_marks
-from .region_number import region_numbers as region_number_codes
+from .region_number import region_numbers as region_numbers_in_image
 from .vision import select_feature_grid
 
 # Inputs that only the prefill step consumes; later decode steps must not recompute them.
@@ -193,11 +193,11 @@ class RegionGPTModel(RegionGPTPreTrainedModel):
         embeds = connector(pooled)
         if self.region_number_embedding is not None or self.config.region_number_token_ids:
             index = region_image_index.to(embeds.device).long()
-            numbers = None if region_numbers is None else region_numbers.to(embeds.device).long()
+            numbers = (region_numbers_in_image(index) if region_numbers is None
+                       else region_numbers.to(embeds.device).long())
             if self.region_number_embedding is not None:
                 embeds = embeds + self.region_number_embedding(index, numbers).to(embeds.dtype)
             if self.config.region_number_token_ids:
-                numbers = region_number_codes(index) if numbers is None else numbers
                 embeds = embeds + number_token_marks(numbers, self.config.region_number_token_ids,
                                                      self.get_input_embeddings()).to(embeds.dtype)
         return embeds
