@@ -63,8 +63,11 @@ def test_task_prompts_are_paraphrased_and_scoped():
     for seed in range(6):
         qa = build_turns(_image(), options, random.Random(seed))
         by_task = {}
-        for task, question, answer in qa:
+        evidence = {}
+        for task, question, answer, *rest in qa:
             by_task.setdefault(task, []).append((question, answer))
+            if rest:
+                evidence[answer] = rest[0]
         classify = by_task["classify"][0][0]
         assert "Answer the question using COCO-80 category names." in classify
         questions.add(classify.split("?")[0])
@@ -80,6 +83,9 @@ def test_task_prompts_are_paraphrased_and_scoped():
                                                       ["Region [2] is right of and below Region [1].",
                                                        "Region [1] is left of and above Region [2]."])
         assert sorted(a for _, a in by_task["existence"]) == ["No.", "Yes."]
+        # the regions of the asked category back "Yes."; nothing backs "No."
+        asked = by_task["existence"][[a for _, a in by_task["existence"]].index("Yes.")][0]
+        assert evidence == {"Yes.": [1] if "cat" in asked else [2], "No.": []}
     assert len(questions) > 2  # paraphrases drawn with the rng
     assert build_turns(_image(), options, random.Random(1)) == build_turns(_image(), options, random.Random(1))
     listed = build_turns(_image(), TaskOptions(tasks=("classify",), categories=("cat", "dog")), random.Random(0))

@@ -224,6 +224,15 @@ def test_mixture_weights_and_native_task_filter(tmp_path_factory):
     assert len(native) == 2 and all(t["task"] == "rec" for s in native for t in s.conversations[0::2])
     assert all(s.conversations[0]["value"].startswith("<image>\n") for s in native)
     assert load_samples([{"source": coco, "weight": 2.0}], max_samples=3) == mixed[:3]
+    # the task filter keeps each kept answer's evidence; COCO's existence answers name their regions
+    kept = load_samples([{"source": f"native:{world}/native/train.jsonl", "tasks": ["existence"]}])
+    assert kept and all("evidence" in t for s in kept for t in s.conversations[1::2])
+    for sample in base:
+        turns = sample.conversations
+        for question, answer in zip(turns[0::2], turns[1::2]):
+            if question["task"] == "existence":
+                named = [k for k, r in enumerate(sample.regions, start=1) if f" {r.category} " in question["value"]]
+                assert answer["evidence"] == (named if answer["value"] == "Yes." else [])
     with pytest.warns(UserWarning, match=r"data: 1 problem\(s\) \(1 malformed\): .*bad.jsonl\[2\]: missing key"):
         bad = tmp_path_factory.mktemp("bad") / "bad.jsonl"
         lines = (world / "native" / "train.jsonl").read_text().splitlines()

@@ -67,6 +67,18 @@ def test_round_trip(tmp_path):
     assert not [p for p in path.parent.iterdir() if p.name != "train.jsonl"]
 
 
+def test_answers_carry_evidence_through_a_round_trip(tmp_path):
+    turns = [{"from": "human", "value": "<image>\nIs there a star in the image?", "task": "existence"},
+             {"from": "gpt", "value": "Yes.", "evidence": [1]},
+             {"from": "human", "value": "Is there a ring in the image?", "task": "existence"},
+             {"from": "gpt", "value": "No.", "evidence": []}]
+    path = _write_lines(tmp_path / "ok.jsonl", [_sample(conversations=turns)])
+    (sample,) = read_native_jsonl(path)
+    assert [t.get("evidence") for t in sample.conversations] == [None, [1], None, []]
+    write_native_jsonl(tmp_path / "again.jsonl", [sample])
+    assert json.loads((tmp_path / "again.jsonl").read_text())["conversations"] == turns
+
+
 def test_absolute_image_path_and_box_from_mask(tmp_path):
     region = {"id": 5, "mask": encode_rle(_mask())}
     turns = [{"from": "human", "value": "<image>\nWhat is <region1>?"}, {"from": "gpt", "value": "star"}]
@@ -96,6 +108,14 @@ def test_absolute_image_path_and_box_from_mask(tmp_path):
         ({"conversations": [{"from": "gpt", "value": "<image>"}]}, "alternate"),
         ({"conversations": [{"from": "human", "value": "<image>\nHi", "task": "dance"}]}, "task"),
         ({"conversations": [{"from": "human", "value": "<image>\nHi", "lang": "en"}]}, "unknown key"),
+        ({"conversations": [{"from": "human", "value": "<image>\nIs there a star?", "evidence": [1]},
+                            {"from": "gpt", "value": "Yes."}]}, "only answers (gpt turns) carry evidence"),
+        ({"conversations": [{"from": "human", "value": "<image>\nIs there a star?"},
+                            {"from": "gpt", "value": "Yes.", "evidence": "1"}]}, "must be a list of region numbers"),
+        ({"conversations": [{"from": "human", "value": "<image>\nIs there a star?"},
+                            {"from": "gpt", "value": "Yes.", "evidence": [3]}]}, "names region 3 but the sample has 2"),
+        ({"conversations": [{"from": "human", "value": "<image>\nIs there a star?"},
+                            {"from": "gpt", "value": "Yes.", "evidence": [1, 1]}]}, "names a region twice"),
     ],
 )
 def test_validation_names_file_and_line(tmp_path, change, message):

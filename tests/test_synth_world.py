@@ -236,6 +236,11 @@ def test_pope_and_native_files(world):
                 assert phrase in scene.objects[k].referring
             if human["task"] == "existence":
                 assert answer["value"] in ("Yes.", "No.")
+                # the evidence: every object of the asked category, or none for "No."
+                named = [k for k, obj in enumerate(scene.objects, start=1) if f" {obj.category} " in
+                         " " + human["value"].replace("?", " ") + " "]
+                assert answer["evidence"] == (named if answer["value"] == "Yes." else [])
+                assert (answer["value"] == "Yes.") == bool(named)
 
 
 def test_dense_conversations_ask_every_expression_and_every_category(world, tmp_path):
@@ -262,6 +267,9 @@ def test_dense_conversations_ask_every_expression_and_every_category(world, tmp_
                 phrase = next(p for p in sorted([*CATEGORIES, *(f"{c} {k}" for c in COLOUR_NAMES for k in CATEGORIES)],
                                                 key=len, reverse=True) if f" {p} " in words)
                 asked[phrase] = answer["value"]
+                colour, _, category = phrase.rpartition(" ")
+                assert answer["evidence"] == [k for k, obj in enumerate(scene.objects, start=1)
+                                              if obj.category == category and colour in ("", obj.colour)]
         pairs = set(present_pairs(scene))
         present = {category for _, category in pairs}
         assert {c: asked[c] for c in CATEGORIES} == {c: "Yes." if c in present else "No." for c in CATEGORIES}

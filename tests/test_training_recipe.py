@@ -356,6 +356,32 @@ def test_rec_pointer_supervision_trains_through_the_recipe(world, tmp_path):
     assert saved.config.region_number_token_ids == recipe.model.config.region_number_token_ids
 
 
+def test_existence_pointer_supervision_trains_through_the_recipe(world, tmp_path):
+    recipe = make_recipe(world, tmp_path / "eptr", "train.max_steps=2", "data.val=[]",
+                         "train.existence_pointer_weight=1.0", "data.independent_tasks=[existence]")
+    loader = build_train_loader(recipe.train_dataset, recipe.processor, recipe.config, 0, 1)
+    batch = next(iter(loader))
+    existence = [(a, e) for a, (task, e) in enumerate(zip(batch.answer_tasks, batch.answer_evidence))
+                 if task == "existence"]
+    assert existence and len(batch.answer_evidence) == len(batch.answer_tasks)
+    tokenizer = recipe.processor.tokenizer
+    for a, evidence in existence:  # the world's evidence travels with its answer: "Yes." has regions, "No." none
+        answer = tokenizer.decode(batch.inputs["input_ids"][batch.answer_index == a]).strip()
+        assert answer.startswith("Yes") == bool(evidence), (answer, evidence)
+    metrics = recipe.train()
+    assert metrics["existence_pointer_attention_loss"] > 0 and metrics["existence_pointer_readout_loss"] > 0
+    assert 0 <= metrics["existence_pointer_acc"] <= 1 and "rec_pointer_acc" not in metrics
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.existence_pointer_layer=-3", r"existence_pointer_layer is -3 but the language model has \d+ layers"),
+    ("train.existence_pointer_head=-1", r"'train.existence_pointer_head' must be >= 0"),
+])
+def test_existence_pointer_settings_are_checked(world, tmp_path, override, message):
+    with pytest.raises(InvalidInputError, match=message):
+        make_recipe(world, tmp_path / "bad", "train.max_steps=1", "train.existence_pointer_weight=1.0", override)
+
+
 @pytest.mark.parametrize("override, message", [
     ("train.rec_pointer_layer=7", r"rec_pointer_layer is 7 but the language model has \d+ layers"),
     ("train.rec_pointer_head=31", r"rec_pointer_head is 31 but the language model has \d+ attention heads"),

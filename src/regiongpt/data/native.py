@@ -10,7 +10,9 @@ Every other data format converts into this one (see ``docs/native-format.md``). 
                        {"from": "gpt", "value": "star"}]}
 
 ``<regionK>`` (1-based) refers to ``regions[K-1]``; ``<image>`` appears exactly once, in the
-first human turn. ``image`` is relative to the JSON-lines file's folder, or absolute.
+first human turn. An answer may carry ``"evidence"``: the numbers K of the regions that show
+what it says (``[2, 5]`` for "Yes." to "Is there a heart?" when regions 2 and 5 are hearts;
+``[]`` when nothing in the image does, as for "No."); training can point attention at them. ``image`` is relative to the JSON-lines file's folder, or absolute.
 Validation errors name the file and line and say how to fix the problem.
 """
 
@@ -31,7 +33,7 @@ from regiongpt.errors import InvalidInputError
 SAMPLE_KEYS = frozenset({"id", "image", "width", "height", "source", "split", "regions", "conversations", "metadata"})
 REQUIRED_SAMPLE_KEYS = ("id", "image", "width", "height", "regions", "conversations")
 REGION_KEYS = frozenset({"id", "box", "mask", "category", "attributes"})
-TURN_KEYS = frozenset({"from", "value", "task"})
+TURN_KEYS = frozenset({"from", "value", "task", "evidence"})
 TURN_ROLES = ("human", "gpt")
 TURN_TASKS = ("classify", "label", "brief", "detailed", "rec", "relation", "existence", "chat")
 IMAGE_TOKEN = "<image>"
@@ -78,6 +80,20 @@ def _check_region(region: Any, index: int, width: int, height: int, where: str) 
         raise _fail(where, f"{name}.category must be a string or null")
 
 
+def _check_evidence(evidence: Any, role: str, n_regions: int, where: str, name: str) -> None:
+    if role != "gpt":
+        raise _fail(where, f"{name}.evidence is on a question; only answers (gpt turns) carry evidence")
+    if not isinstance(evidence, list) or not all(isinstance(k, int) and not isinstance(k, bool) for k in evidence):
+        raise _fail(where, f"{name}.evidence must be a list of region numbers (the K of <regionK>), e.g. [1, 3]; "
+                    f"got {evidence!r}")
+    bad = [k for k in evidence if not 1 <= k <= n_regions]
+    if bad:
+        raise _fail(where, f"{name}.evidence names region {bad[0]} but the sample has {n_regions} region(s); "
+                    f"use 1..{n_regions}")
+    if len(set(evidence)) != len(evidence):
+        raise _fail(where, f"{name}.evidence names a region twice: {evidence}")
+
+
 def _check_conversations(turns: Any, n_regions: int, where: str) -> None:
     if not isinstance(turns, list) or not turns:
         raise _fail(where, "'conversations' must be a non-empty list of turns")
@@ -88,7 +104,7 @@ def _check_conversations(turns: Any, n_regions: int, where: str) -> None:
             raise _fail(where, f"{name} must be an object with 'from' and 'value'")
         unknown = sorted(set(turn) - TURN_KEYS)
         if unknown:
-            raise _fail(where, f"{name} has unknown key(s) {', '.join(unknown)}; allowed: from, value, task")
+            raise _fail(where, f"{name} has unknown key(s) {', '.join(unknown)}; allowed: from, value, task, evidence")
         expected = TURN_ROLES[t % 2]
         if turn.get("from") != expected:
             raise _fail(where, f"{name}.from is {turn.get('from')!r} but turns must alternate human, gpt, human, ... (expected {expected!r})")
@@ -96,6 +112,8 @@ def _check_conversations(turns: Any, n_regions: int, where: str) -> None:
             raise _fail(where, f"{name}.value must be a string")
         if "task" in turn and (expected != "human" or turn["task"] not in TURN_TASKS):
             raise _fail(where, f"{name}.task {turn['task']!r} is not allowed; only human turns carry a task, one of {', '.join(TURN_TASKS)}")
+        if "evidence" in turn:
+            _check_evidence(turn["evidence"], expected, n_regions, where, name)
         count = turn["value"].count(IMAGE_TOKEN)
         if count and t != 0:
             raise _fail(where, f"{name} contains {IMAGE_TOKEN}; it must appear only in the first human turn")

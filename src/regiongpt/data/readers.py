@@ -569,7 +569,8 @@ def keep_tasks(sample: NativeSample, tasks: Sequence[str]) -> NativeSample | Non
     pairs = [(turns[t], turns[t + 1]) for t in range(0, len(turns) - 1, 2) if (turns[t].get("task") or "chat") in tasks]
     if not pairs:
         return None
-    qa = [(q.get("task") or "chat", re.sub(r"\s*<image>\s*", " ", q["value"]).strip(), a["value"]) for q, a in pairs]
+    qa = [(q.get("task") or "chat", re.sub(r"\s*<image>\s*", " ", q["value"]).strip(), a["value"],
+           *([a["evidence"]] if "evidence" in a else [])) for q, a in pairs]
     conversation = conversation_from_turns(qa)
     for turn, (q, _) in zip(conversation[0::2], pairs):
         if "task" not in q:

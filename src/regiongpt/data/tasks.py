@@ -140,13 +140,14 @@ def _negative_phrase(options: TaskOptions, present: set[str | None], rng: random
     return None
 
 
-def build_turns(image: AnnotatedImage, options: TaskOptions, rng: random.Random) -> list[tuple[str, str, str]]:
-    """The (task, question, answer) triples of one image, in task order (not shuffled)."""
+def build_turns(image: AnnotatedImage, options: TaskOptions, rng: random.Random) -> list[tuple[Any, ...]]:
+    """The (task, question, answer) triples of one image, in task order (not shuffled); existence
+    answers add a fourth item, their evidence (the numbers of the regions of the asked category)."""
     tasks = set(options.tasks)
     regions = image.regions
     n = len(regions)
     categories = list(options.categories)
-    qa: list[tuple[str, str, str]] = []
+    qa: list[tuple[Any, ...]] = []
     if "classify" in tasks and categories:
         vocabulary = category_vocabulary(categories)
         listed = categories if options.list_categories and vocabulary == "the listed" else None
@@ -200,18 +201,20 @@ def build_turns(image: AnnotatedImage, options: TaskOptions, rng: random.Random)
         present = sorted({r.region.category for r in regions if r.region.category})
         absent = [c for c in categories if c not in present]
         for name in rng.sample(present, min(len(present), options.existence_per_image)):
-            qa.append(("existence", build_instruction("existence", phrase=name, rng=rng), "Yes."))
+            evidence = [k + 1 for k, r in enumerate(regions) if r.region.category == name]
+            qa.append(("existence", build_instruction("existence", phrase=name, rng=rng), "Yes.", evidence))
         for name in rng.sample(absent, min(len(absent), options.existence_per_image)):
-            qa.append(("existence", build_instruction("existence", phrase=name, rng=rng), "No."))
+            qa.append(("existence", build_instruction("existence", phrase=name, rng=rng), "No.", []))
     return qa
 
 
-def conversation_from_turns(qa: Sequence[tuple[str, str, str]]) -> list[dict[str, str]]:
-    """Native turns: ``<image>`` at the start of the first question, each question with its task."""
-    turns: list[dict[str, str]] = []
-    for t, (task, question, answer) in enumerate(qa):
+def conversation_from_turns(qa: Sequence[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    """Native turns from (task, question, answer[, evidence]): ``<image>`` at the start of the first
+    question, each question with its task, each answer with its evidence when it has one."""
+    turns: list[dict[str, Any]] = []
+    for t, (task, question, answer, *evidence) in enumerate(qa):
         turns.append({"from": "human", "value": f"<image>\n{question}" if t == 0 else question, "task": task})
-        turns.append({"from": "gpt", "value": answer})
+        turns.append({"from": "gpt", "value": answer, **({"evidence": list(evidence[0])} if evidence else {})})
     return turns
 
 

@@ -287,6 +287,17 @@ class TrainConfig:
         "The language-model layer whose head `train.rec_pointer_weight` supervises (negative: from the last).",
         default=-1)
     rec_pointer_head: int = _doc("The attention head `train.rec_pointer_weight` supervises.", default=0)
+    existence_pointer_weight: float = _doc(
+        "Weight of an attention-supervision loss on existence answers (\"Is there a heart in the image?\"): at "
+        "the position that writes \"Yes\"/\"No\", one head (`train.existence_pointer_layer`, "
+        "`train.existence_pointer_head`) is asked to attend to the image tokens of the cells holding the answer's "
+        "evidence regions, or to the first token when its evidence is empty, and to write the answer from what it "
+        "reads there. Needs answers with `evidence` (docs/native-format.md; the synthetic world, COCO and refer "
+        "readers write it). Training only; the model is unchanged. 0 = off.", default=0.0)
+    existence_pointer_layer: int = _doc(
+        "The language-model layer whose head `train.existence_pointer_weight` supervises (negative: from the last).",
+        default=-1)
+    existence_pointer_head: int = _doc("The attention head `train.existence_pointer_weight` supervises.", default=1)
     log_every: int = _doc("Write training metrics every N steps.", default=1)
     progress: bool = _doc("Show a tqdm progress bar.", default=True)
 
@@ -642,10 +653,11 @@ def validate_config(config: TrainingConfig) -> None:
             raise InvalidInputError(f"'optim.task_weights.{task}' must be a number >= 0, got {value!r}")
     if t.region_aux_weight < 0:
         raise InvalidInputError(f"'train.region_aux_weight' must be >= 0 (0 = off), got {t.region_aux_weight}")
-    if t.rec_pointer_weight < 0:
-        raise InvalidInputError(f"'train.rec_pointer_weight' must be >= 0 (0 = off), got {t.rec_pointer_weight}")
-    if t.rec_pointer_head < 0:
-        raise InvalidInputError(f"'train.rec_pointer_head' must be >= 0, got {t.rec_pointer_head}")
+    for name in ("rec_pointer", "existence_pointer"):
+        if getattr(t, f"{name}_weight") < 0:
+            raise InvalidInputError(f"'train.{name}_weight' must be >= 0 (0 = off), got {getattr(t, f'{name}_weight')}")
+        if getattr(t, f"{name}_head") < 0:
+            raise InvalidInputError(f"'train.{name}_head' must be >= 0, got {getattr(t, f'{name}_head')}")
 
 
 # ----- documentation -----------------------------------------------------------------------------

@@ -230,11 +230,13 @@ def stream_samples(specs: Sequence[Any], max_samples: int | None = None) -> Stre
 # ----- conversations -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class QAPair:
-    """One human question and the assistant's answer, with the question's task."""
+    """One human question and the assistant's answer, with the question's task and the answer's
+    evidence (the numbers K of the regions it rests on; None when the data does not say)."""
 
     question: str
     answer: str
     task: str
+    evidence: tuple[int, ...] | None = None
 
 
 def conversation_pairs(sample: NativeSample, task_suffix: bool = True) -> list[QAPair]:
@@ -253,7 +255,8 @@ def conversation_pairs(sample: NativeSample, task_suffix: bool = True) -> list[Q
         task = turns[t].get("task") or DEFAULT_TASK
         if not task_suffix:
             question = strip_task_suffix(question, task)
-        pairs.append(QAPair(question, turns[t + 1]["value"], task))
+        evidence = turns[t + 1].get("evidence")
+        pairs.append(QAPair(question, turns[t + 1]["value"], task, None if evidence is None else tuple(evidence)))
     return pairs
 
 
@@ -309,12 +312,14 @@ class SampleKey:
 
 @dataclass
 class PackedSequence:
-    """One training sequence: Vicuna-v1 text, the character spans to learn, each answer's task."""
+    """One training sequence: Vicuna-v1 text, the character spans to learn, each answer's task and
+    evidence."""
 
     id: str
     text: str
     target_spans: tuple[tuple[int, int], ...]
     tasks: tuple[str, ...]
+    evidence: tuple[tuple[int, ...] | None, ...] = ()
 
 
 @dataclass
@@ -424,7 +429,7 @@ class RegionConversationDataset(Dataset):
         for g, group in enumerate(groups):
             formatted = format_sequence(self.processor, group, self.independent)
             sequences.append(PackedSequence(f"{sample.id}#{g}", formatted.text, formatted.target_spans,
-                                            tuple(p.task for p in group)))
+                                            tuple(p.task for p in group), tuple(p.evidence for p in group)))
         return PackedImage(sample.id, image, native_regions(sample), sequences, dropped,
                            [region_label_record(r) for r in sample.regions])
 
@@ -531,6 +536,7 @@ class Batch:
     ``answer_index`` (N, L) gives, for each token position, the index of the answer (in
     ``answer_tasks``) whose target it is, -1 elsewhere; it is computed before placeholders
     are masked, so one answer is one contiguous run even when it mentions a region.
+    ``answer_evidence`` gives each answer's evidence regions (numbers K of its row's regions).
     """
 
     inputs: dict[str, torch.Tensor]
@@ -542,6 +548,7 @@ class Batch:
     dropped_pairs: int = 0
     region_labels: list[dict[str, str]] = field(default_factory=list)  # per row of region_masks
     tokens: int = 0  # real (not padding) tokens
+    answer_evidence: list[tuple[int, ...] | None] = field(default_factory=list)  # per answer, as answer_tasks
 
     @property
     def empty(self) -> bool:
@@ -588,7 +595,7 @@ class RegionCollator:
     def __call__(self, items: Sequence[PackedImage | SkippedSample]) -> Batch:
         skipped = [item for item in items if isinstance(item, SkippedSample)]
         packed = [item for item in items if isinstance(item, PackedImage)]
-        images, texts, regions, spans, tasks, ids, region_labels = [], [], [], [], [], [], []
+        images, texts, regions, spans, tasks, ids, region_labels, evidence = [], [], [], [], [], [], [], []
         for item in packed:
             for seq in item.sequences:
                 images.append(item.image)
@@ -597,6 +604,7 @@ class RegionCollator:
                 texts.append(seq.text)
                 spans.append(list(seq.target_spans))
                 tasks.append(seq.tasks)
+                evidence.extend(seq.evidence or (None,) * len(seq.tasks))
                 ids.append(seq.id)
         dropped = sum(item.dropped_pairs for item in packed)
         if not texts:
@@ -613,7 +621,8 @@ class RegionCollator:
             inputs["attention_mask"], inputs["position_ids"] = segment_mask(
                 inputs["input_ids"], inputs["attention_mask"], answer_index,
                 [task in self.independent for task in answer_tasks], self.processor.image_token_id)
-        return Batch(inputs, answer_index, answer_tasks, ids, len(packed), skipped, dropped, region_labels, tokens)
+        return Batch(inputs, answer_index, answer_tasks, ids, len(packed), skipped, dropped, region_labels, tokens,
+                     evidence)
 
 
 __all__ = [

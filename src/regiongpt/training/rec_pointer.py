@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import groupby
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -42,6 +42,24 @@ class RecPointer:
     candidates: tuple[int, ...]
     answer: int  # 0-based index of the target among ``candidates``
     token: int  # the digit token the query writes
+
+    @property
+    def choices(self) -> tuple[tuple[int, ...], ...]:
+        """The positions the pointer accuracy compares: each candidate's placeholder."""
+        return tuple((c,) for c in self.candidates)
+
+
+class SupervisedRow(Protocol):
+    """What :func:`pointer_loss` needs of one supervised attention row (REC and existence pointers)."""
+
+    row: int
+    query: int
+    targets: tuple[int, ...]  # where the attention should go
+    answer: int  # which of ``choices`` holds the targets
+    token: int  # the token the query writes
+
+    @property
+    def choices(self) -> tuple[tuple[int, ...], ...]: ...
 
 
 def digit_tokens(vocab: Mapping[str, int]) -> dict[int, str]:
@@ -123,10 +141,10 @@ class AttentionInputCapture:
     """A forward pre-hook on one attention module that keeps its last input (the normalised hidden
     states and the rotary position embeddings), so one head's attention can be recomputed."""
 
-    def __init__(self, attention: nn.Module):
+    def __init__(self, attention: nn.Module, option: str = "train.rec_pointer_weight"):
         for name in ("q_proj", "k_proj"):
             if not isinstance(getattr(attention, name, None), nn.Module):
-                raise InvalidInputError(f"train.rec_pointer_weight needs a Llama-style attention module (with "
+                raise InvalidInputError(f"{option} needs a Llama-style attention module (with "
                                         f"{name}); the language model's is {type(attention).__name__}")
         self.attention = attention
         self.hidden: torch.Tensor | None = None
@@ -187,20 +205,20 @@ def visible_positions(attention_mask: torch.Tensor | None, row: int, query: int)
 
 @dataclass
 class PointerLoss:
-    """Means over the supervised rows: ``attention`` = -log(attention mass on the target
-    placeholders); ``readout`` = cross-entropy of the number token read from what the head alone
-    writes (through the model's output head); ``correct`` = how many rows' head attends more to
-    the target than to any other candidate of the question."""
+    """Means over the supervised rows: ``attention`` = -log(attention mass on the targets);
+    ``readout`` = cross-entropy of the answer token read from what the head alone writes (through
+    the model's output head); ``correct`` = how many rows' head puts more attention on the
+    choice holding the targets than on any other choice (REC: the question's candidates)."""
 
     attention: torch.Tensor
     readout: torch.Tensor
     correct: int
 
 
-def pointer_loss(capture: AttentionInputCapture, pointers: Sequence[RecPointer], head: int,
+def pointer_loss(capture: AttentionInputCapture, pointers: Sequence[SupervisedRow], head: int,
                  attention_mask: torch.Tensor | None,
                  readout: Callable[[torch.Tensor], torch.Tensor] | None = None) -> PointerLoss:
-    """The supervision of ``pointers``. ``readout`` maps what the head writes, (P, D), to
+    """The supervision of ``pointers`` (REC's or existence's). ``readout`` maps what the head writes, (P, D), to
     vocabulary logits (the model's final norm and output head); without it ``readout`` is zero."""
     zero = torch.zeros((), device=capture.hidden.device if capture.hidden is not None else None)
     attention, correct, written = zero, 0, []
@@ -210,7 +228,8 @@ def pointer_loss(capture: AttentionInputCapture, pointers: Sequence[RecPointer],
         attention = attention - torch.logsumexp(log_attention[list(p.targets)], dim=0)
         written.append(head_output)
         with torch.no_grad():
-            correct += int(int(log_attention[list(p.candidates)].argmax()) == p.answer)
+            mass = torch.stack([torch.logsumexp(log_attention[list(choice)], dim=0) for choice in p.choices])
+            correct += int(int(mass.argmax()) == p.answer)
     read = zero
     if readout is not None and pointers:
         logits = readout(torch.stack(written)).float()  # (P, V)
@@ -220,5 +239,5 @@ def pointer_loss(capture: AttentionInputCapture, pointers: Sequence[RecPointer],
     return PointerLoss(attention / n, read / n, correct)
 
 
-__all__ = ["AttentionInputCapture", "PointerLoss", "RecPointer", "digit_tokens", "pointer_loss", "rec_pointers",
+__all__ = ["AttentionInputCapture", "PointerLoss", "RecPointer", "SupervisedRow", "digit_tokens", "pointer_loss", "rec_pointers",
            "visible_positions"]

@@ -47,6 +47,7 @@ from .builders import (
 )
 from .config import TrainingConfig
 from .data import Batch, load_samples, stream_samples
+from .existence_pointer import existence_pointers
 from .independent_turns import attention_mask_for
 from .lora import load_lora_state, merged_state_dict, save_lora_state
 from .metrics import AnswerAccuracy, MetricsWriter, StepLog, answer_loss_sum
@@ -55,6 +56,7 @@ from .region_aux import RegionAuxiliaryHeads
 from .region_pretrain import pretrain_region_path
 
 STATE_VERSION = 1
+POINTER_TASKS = ("rec", "existence")  # train.<task>_pointer_weight: attention supervision of that task's answers
 
 
 def resolve_device(name: str) -> torch.device:
@@ -150,7 +152,7 @@ class TrainingRecipe:
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.total_steps)
         self._setup_region_aux()
-        self._setup_rec_pointer()
+        self._setup_pointers()
 
         main = self.dist.is_main  # only rank 0 writes logs
         self.metrics = MetricsWriter(self.run_dir) if main else distributed.Discard()
@@ -184,46 +186,69 @@ class TrainingRecipe:
         self.region_aux_optimizer = torch.optim.AdamW(self.region_aux.parameters(), lr=cfg.optim.lr,
                                                       betas=tuple(cfg.optim.betas), weight_decay=0.0)
 
-    def _setup_rec_pointer(self) -> None:
-        """``train.rec_pointer_weight``: capture the input of the supervised head's attention module
-        (``rec_pointer.py``); the loss is added in ``train_step``."""
+    def _setup_pointers(self) -> None:
+        """``train.rec_pointer_weight`` / ``train.existence_pointer_weight``: capture the input of each
+        supervised head's attention module (``rec_pointer.py``, ``existence_pointer.py``); the
+        losses are added in ``train_step``."""
         t = self.config.train
-        self.rec_pointer: AttentionInputCapture | None = None
-        if not t.rec_pointer_weight:
+        self.pointers: dict[str, AttentionInputCapture] = {}  # "rec" / "existence" -> its head's capture
+        wanted = [name for name in POINTER_TASKS if getattr(t, f"{name}_pointer_weight")]
+        if not wanted:
             return
+        option = f"train.{wanted[0]}_pointer_weight"
         if self.dist.world_size > 1:
-            raise InvalidInputError("train.rec_pointer_weight runs in one process; start it without torchrun")
+            raise InvalidInputError(f"{option} runs in one process; start it without torchrun")
         if t.activation_checkpointing:
-            raise InvalidInputError("train.rec_pointer_weight recomputes one head's attention from the layer's "
-                                    "input, which activation checkpointing discards; set "
-                                    "train.activation_checkpointing=false")
-        layers = getattr(self.model.model.language_model, "layers", None)
+            raise InvalidInputError(f"{option} recomputes one head's attention from the layer's input, which "
+                                    "activation checkpointing discards; set train.activation_checkpointing=false")
+        lm = self.model.model.language_model
+        layers = getattr(lm, "layers", None)
         if not isinstance(layers, torch.nn.ModuleList) or not layers:
-            raise InvalidInputError("train.rec_pointer_weight needs a language model with a `layers` list of "
-                                    f"decoder layers; {type(self.model.model.language_model).__name__} has none")
-        if not isinstance(getattr(self.model.model.language_model, "norm", None), torch.nn.Module):
-            raise InvalidInputError("train.rec_pointer_weight reads the supervised head's output through the "
-                                    "language model's final `norm`; this language model has none")
+            raise InvalidInputError(f"{option} needs a language model with a `layers` list of decoder layers; "
+                                    f"{type(lm).__name__} has none")
+        if not isinstance(getattr(lm, "norm", None), torch.nn.Module):
+            raise InvalidInputError(f"{option} reads the supervised head's output through the language model's "
+                                    "final `norm`; this language model has none")
         n_layers, n_heads = len(layers), self.model.config.text_config.num_attention_heads
-        if not -n_layers <= t.rec_pointer_layer < n_layers:
-            raise InvalidInputError(f"train.rec_pointer_layer is {t.rec_pointer_layer} but the language model has "
-                                    f"{n_layers} layers: use 0..{n_layers - 1} (or -1 for the last)")
-        if t.rec_pointer_head >= n_heads:
-            raise InvalidInputError(f"train.rec_pointer_head is {t.rec_pointer_head} but the language model has "
-                                    f"{n_heads} attention heads: use 0..{n_heads - 1}")
-        self.rec_pointer = AttentionInputCapture(layers[t.rec_pointer_layer].self_attn)
-        self.rec_digits = digit_tokens(self.processor.tokenizer.get_vocab())
+        captures: dict[int, AttentionInputCapture] = {}
+        for name in wanted:
+            layer, head = getattr(t, f"{name}_pointer_layer"), getattr(t, f"{name}_pointer_head")
+            if not -n_layers <= layer < n_layers:
+                raise InvalidInputError(f"train.{name}_pointer_layer is {layer} but the language model has "
+                                        f"{n_layers} layers: use 0..{n_layers - 1} (or -1 for the last)")
+            if head >= n_heads:
+                raise InvalidInputError(f"train.{name}_pointer_head is {head} but the language model has "
+                                        f"{n_heads} attention heads: use 0..{n_heads - 1}")
+            layer %= n_layers
+            if layer not in captures:
+                captures[layer] = AttentionInputCapture(layers[layer].self_attn, f"train.{name}_pointer_weight")
+            self.pointers[name] = captures[layer]
+        if "rec" in self.pointers:
+            self.rec_digits = digit_tokens(self.processor.tokenizer.get_vocab())
+        if "existence" in self.pointers:
+            config = self.model.config
+            if config.image_seq_length != config.image_grid_size ** 2:
+                raise InvalidInputError(
+                    f"train.existence_pointer_weight points at image-token cells, but the model has "
+                    f"{config.image_seq_length} image tokens for a {config.image_grid_size}x{config.image_grid_size} "
+                    "grid; it needs image_seq_length == image_grid_size ** 2")
 
-    def _rec_pointer_loss(self, b: Batch) -> tuple[PointerLoss | None, int]:
-        """The batch's REC attention supervision (``rec_pointer.py``) and its number of supervised rows."""
-        pointers = rec_pointers(b.inputs["input_ids"], b.answer_index, b.answer_tasks, self.processor.region_token_id,
-                                b.inputs.get("region_token_index"), self.rec_digits)
-        if not pointers:
+    def _pointer_loss(self, name: str, b: Batch) -> tuple[PointerLoss | None, int]:
+        """The batch's attention supervision for ``name`` ("rec" or "existence") and its number of
+        supervised rows."""
+        if name == "rec":
+            rows = rec_pointers(b.inputs["input_ids"], b.answer_index, b.answer_tasks,
+                                self.processor.region_token_id, b.inputs.get("region_token_index"), self.rec_digits)
+        else:
+            rows = existence_pointers(b.inputs["input_ids"], b.answer_index, b.answer_tasks, b.answer_evidence,
+                                      self.processor.image_token_id, b.inputs.get("region_masks"),
+                                      b.inputs.get("region_image_index"), self.model.config.image_grid_size)
+        if not rows:
             return None, 0
         lm = self.model.model.language_model
-        losses = pointer_loss(self.rec_pointer, pointers, self.config.train.rec_pointer_head,
+        losses = pointer_loss(self.pointers[name], rows, getattr(self.config.train, f"{name}_pointer_head"),
                               b.inputs.get("attention_mask"), readout=lambda x: self.model.lm_head(lm.norm(x)))
-        return losses, len(pointers)
+        return losses, len(rows)
 
     def _checkpoint_to_resume(self) -> Path | None:
         """``train.resume``: auto (newest complete checkpoint, if any), never, or a path."""
@@ -363,7 +388,7 @@ class TrainingRecipe:
             self.region_aux_optimizer.zero_grad(set_to_none=True)
         accuracy = AnswerAccuracy()
         loss_sum, tokens, aux_sum = 0.0, 0, 0.0
-        pointer_attention, pointer_readout, pointer_rows, pointer_correct = 0.0, 0.0, 0, 0
+        pointer_sums = {name: [0.0, 0.0, 0, 0] for name in self.pointers}  # attention, readout, rows, correct
         scale = distributed.loss_scale(self.dist) / max(1, n_tokens)
         for i, b in enumerate(micro):
             if n_tokens == 0:
@@ -389,15 +414,16 @@ class TrainingRecipe:
                                                                b.inputs["region_image_index"], b.region_labels)
                     total = total + aux * (self.config.train.region_aux_weight / len(micro))
                     aux_sum += float(aux.detach()) / len(micro)
-                if self.rec_pointer is not None and weight:
-                    pointer, n_pointers = self._rec_pointer_loss(b)
+                for name in self.pointers if weight else ():
+                    pointer, n_pointers = self._pointer_loss(name, b)
                     if pointer is not None:
                         total = total + (pointer.attention + pointer.readout) * (
-                            self.config.train.rec_pointer_weight / len(micro))
-                        pointer_attention += float(pointer.attention.detach()) / len(micro)
-                        pointer_readout += float(pointer.readout.detach()) / len(micro)
-                        pointer_rows += n_pointers
-                        pointer_correct += pointer.correct
+                            getattr(self.config.train, f"{name}_pointer_weight") / len(micro))
+                        sums = pointer_sums[name]
+                        sums[0] += float(pointer.attention.detach()) / len(micro)
+                        sums[1] += float(pointer.readout.detach()) / len(micro)
+                        sums[2] += n_pointers
+                        sums[3] += pointer.correct
                 total.backward()
             if weight:
                 self._last_batch = b
@@ -423,11 +449,11 @@ class TrainingRecipe:
             loss_sum, tokens, sum(len(b.sequence_ids) for b in micro), sum(b.n_images for b in micro)])
         acc = distributed.merge_accuracy(self.dist, accuracy).compute()
         extra = {"region_aux_loss": aux_sum} if self.region_aux is not None else {}
-        if self.rec_pointer is not None:
-            extra["rec_pointer_attention_loss"] = pointer_attention
-            extra["rec_pointer_readout_loss"] = pointer_readout
-            if pointer_rows:
-                extra["rec_pointer_acc"] = pointer_correct / pointer_rows
+        for name, (attention, readout, rows, correct) in pointer_sums.items():
+            extra[f"{name}_pointer_attention_loss"] = attention
+            extra[f"{name}_pointer_readout_loss"] = readout
+            if rows:
+                extra[f"{name}_pointer_acc"] = correct / rows
         # per task too: the overall numbers hide a task stuck at its prior (NOTES.md)
         per_task = {k: v for k, v in acc.items() if k.endswith("/exact_match") and not k.startswith("all/")}
         return {**extra, "loss": loss_sum / max(1, n_tokens), "lr": lr, "grad_norm": float(grad_norm),

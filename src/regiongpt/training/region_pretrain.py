@@ -85,9 +85,8 @@ def region_path_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in params if p.requires_grad]
 
 
-def image_cell_targets(region_masks: torch.Tensor, region_image_index: torch.Tensor, region_classes: torch.Tensor,
-                       n_images: int, grid: int, n_classes: int) -> torch.Tensor:
-    """(B, grid*grid, n_classes) 0/1: which labels have a region in each image-token cell.
+def region_cells(region_masks: torch.Tensor, grid: int) -> torch.Tensor:
+    """(R, grid*grid) bool: the image-token cells each region is in (row-major, as the image tokens).
 
     A region is in a cell when it covers CELL_COVER_THRESHOLD of the cell, or when at least half
     of the region lies in it (a small object in a large cell still counts: existence questions
@@ -96,7 +95,14 @@ def image_cell_targets(region_masks: torch.Tensor, region_image_index: torch.Ten
     masks = region_masks.float()
     cover = F.adaptive_avg_pool2d(masks[:, None], grid).flatten(1)  # (R, grid*grid)
     share = cover / (masks.mean((1, 2))[:, None] * grid * grid).clamp_min(1e-9)  # of the region, in each cell
-    present = ((cover > CELL_COVER_THRESHOLD) | (share >= 0.5)).float()
+    return (cover > CELL_COVER_THRESHOLD) | (share >= 0.5)
+
+
+def image_cell_targets(region_masks: torch.Tensor, region_image_index: torch.Tensor, region_classes: torch.Tensor,
+                       n_images: int, grid: int, n_classes: int) -> torch.Tensor:
+    """(B, grid*grid, n_classes) 0/1: which labels have a region in each image-token cell
+    (:func:`region_cells`)."""
+    present = region_cells(region_masks, grid).float()
     targets = torch.zeros(n_images, grid * grid, n_classes, device=region_masks.device)
     for r, (image, label) in enumerate(zip(region_image_index.tolist(), region_classes.tolist())):
         targets[image, :, label] = torch.maximum(targets[image, :, label], present[r])

@@ -68,8 +68,13 @@ def _absent_phrase(scene: Scene, rng: random.Random) -> RefPhrase:
             return phrase
 
 
+def _named(pairs: Sequence[tuple[str, str]], category: str, colour: str | None = None) -> list[int]:
+    """Indices of the objects an existence phrase names (its category, and its colour if given)."""
+    return [k for k, (c, cat) in enumerate(pairs) if cat == category and colour in (None, c)]
+
+
 def build_conversation(scene: Scene, rng: random.Random, rec_per_image: int | None = REC_PER_IMAGE,
-                       existence_per_image: int | None = 1, rec_answers: str = "direct") -> list[dict[str, str]]:
+                       existence_per_image: int | None = 1, rec_answers: str = "direct") -> list[dict[str, Any]]:
     """One shuffled multi-turn conversation covering every region of the scene.
 
     ``rec_per_image``: REC questions (None: one per referring expression of every region);
@@ -77,12 +82,13 @@ def build_conversation(scene: Scene, rng: random.Random, rec_per_image: int | No
     brief caption and a yes/no before the choice, :func:`rec_checked_answer`);
     ``existence_per_image``: present and as many absent things asked about (None: every
     category, plus each present category in its own colour and in a colour it does not have).
+    Existence answers carry ``evidence``: the numbers of the regions the phrase names.
     Dense questions are meant to be trained as independent turns (``data.independent_tasks``).
     """
     if rec_answers not in REC_ANSWER_STYLES:
         raise ValueError(f"rec_answers must be one of {', '.join(REC_ANSWER_STYLES)}, got {rec_answers!r}")
     n = len(scene.objects)
-    qa: list[tuple[str, str, str]] = []  # (task, question, answer)
+    qa: list[tuple[Any, ...]] = []  # (task, question, answer[, evidence: the region numbers it rests on])
     for k, obj in enumerate(scene.objects):
         question = build_instruction("classify", region=k, vocabulary=CLASSIFY_VOCABULARY, rng=rng)
         qa.append(("classify", question, obj.category))
@@ -109,28 +115,29 @@ def build_conversation(scene: Scene, rng: random.Random, rec_per_image: int | No
             qa.append(("relation", build_instruction("relation", region=i, region2=j, rng=rng), relation_sentence(scene, i, j)))
     setting = rng.choice(("random", "popular", "adversarial"))
     pairs = present_pairs(scene)
+    asked_existence: list[tuple[str, list[int]]] = []  # (phrase, the objects it names)
     if existence_per_image is None:
         present = {category for _, category in pairs}
-        asked_existence = [(c, c in present) for c in CATEGORIES]
+        asked_existence += [(c, _named(pairs, c)) for c in CATEGORIES]
         for category in sorted(present, key=CATEGORIES.index):
             colours = sorted({colour for colour, c in pairs if c == category})
             absent = [colour for colour in COLOUR_NAMES if colour not in colours]
-            asked_existence.append((f"{rng.choice(colours)} {category}", True))
+            colour = rng.choice(colours)
+            asked_existence.append((f"{colour} {category}", _named(pairs, category, colour)))
             if absent:
-                asked_existence.append((f"{rng.choice(absent)} {category}", False))
-        for phrase, there in asked_existence:
-            qa.append(("existence", build_instruction("existence", phrase=phrase, rng=rng), "Yes." if there else "No."))
+                asked_existence.append((f"{rng.choice(absent)} {category}", []))
     else:
-        for phrase in existence_positives(pairs, rng, existence_per_image):
-            qa.append(("existence", build_instruction("existence", phrase=phrase, rng=rng), "Yes."))
-        for phrase in existence_negatives(pairs, rng, setting, existence_per_image):
-            qa.append(("existence", build_instruction("existence", phrase=phrase, rng=rng), "No."))
+        asked_existence += [(c, _named(pairs, c)) for c in existence_positives(pairs, rng, existence_per_image)]
+        asked_existence += [(c, []) for c in existence_negatives(pairs, rng, setting, existence_per_image)]
+    for phrase, named in asked_existence:
+        qa.append(("existence", build_instruction("existence", phrase=phrase, rng=rng), "Yes." if named else "No.",
+                   [k + 1 for k in named]))
     rng.shuffle(qa)
-    turns: list[dict[str, str]] = []
-    for t, (task, question, answer) in enumerate(qa):
+    turns: list[dict[str, Any]] = []
+    for t, (task, question, answer, *evidence) in enumerate(qa):
         value = f"<image>\n{question}" if t == 0 else question
         turns.append({"from": "human", "value": value, "task": task})
-        turns.append({"from": "gpt", "value": answer})
+        turns.append({"from": "gpt", "value": answer, **({"evidence": evidence[0]} if evidence else {})})
     return turns
 
 
