@@ -12,7 +12,8 @@ Every other data format converts into this one (see ``docs/native-format.md``). 
 ``<regionK>`` (1-based) refers to ``regions[K-1]``; ``<image>`` appears exactly once, in the
 first human turn. An answer may carry ``"evidence"``: the numbers K of the regions that show
 what it says (``[2, 5]`` for "Yes." to "Is there a heart?" when regions 2 and 5 are hearts;
-``[]`` when nothing in the image does, as for "No."); training can point attention at them. ``image`` is relative to the JSON-lines file's folder, or absolute.
+``[]`` when nothing in the image does, as for "No."); training can point attention at them.
+``image`` is relative to the JSON-lines file's folder, or absolute.
 Validation errors name the file and line and say how to fix the problem.
 """
 

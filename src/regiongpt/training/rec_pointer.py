@@ -218,8 +218,9 @@ class PointerLoss:
 def pointer_loss(capture: AttentionInputCapture, pointers: Sequence[SupervisedRow], head: int,
                  attention_mask: torch.Tensor | None,
                  readout: Callable[[torch.Tensor], torch.Tensor] | None = None) -> PointerLoss:
-    """The supervision of ``pointers`` (REC's or existence's). ``readout`` maps what the head writes, (P, D), to
-    vocabulary logits (the model's final norm and output head); without it ``readout`` is zero."""
+    """The supervision of ``pointers`` (REC's or existence's). ``readout`` maps what the head
+    writes, (P, D), to vocabulary logits (the model's final norm and output head); without it
+    ``readout`` is zero."""
     zero = torch.zeros((), device=capture.hidden.device if capture.hidden is not None else None)
     attention, correct, written = zero, 0, []
     for p in pointers:
@@ -239,5 +240,5 @@ def pointer_loss(capture: AttentionInputCapture, pointers: Sequence[SupervisedRo
     return PointerLoss(attention / n, read / n, correct)
 
 
-__all__ = ["AttentionInputCapture", "PointerLoss", "RecPointer", "SupervisedRow", "digit_tokens", "pointer_loss", "rec_pointers",
-           "visible_positions"]
+__all__ = ["AttentionInputCapture", "PointerLoss", "RecPointer", "SupervisedRow", "digit_tokens", "pointer_loss",
+           "rec_pointers", "visible_positions"]

@@ -23,6 +23,7 @@ import random
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,15 @@ from .region_pretrain import pretrain_region_path
 
 STATE_VERSION = 1
 POINTER_TASKS = ("rec", "existence")  # train.<task>_pointer_weight: attention supervision of that task's answers
+
+
+@dataclass(frozen=True)
+class SupervisedHead:
+    """One attention head under a pointer loss: the capture of its layer's input, which head, its weight."""
+
+    capture: AttentionInputCapture
+    head: int
+    weight: float
 
 
 def resolve_device(name: str) -> torch.device:
@@ -191,7 +201,7 @@ class TrainingRecipe:
         supervised head's attention module (``rec_pointer.py``, ``existence_pointer.py``); the
         losses are added in ``train_step``."""
         t = self.config.train
-        self.pointers: dict[str, AttentionInputCapture] = {}  # "rec" / "existence" -> its head's capture
+        self.pointers: dict[str, SupervisedHead] = {}  # "rec" / "existence" -> its head
         wanted = [name for name in POINTER_TASKS if getattr(t, f"{name}_pointer_weight")]
         if not wanted:
             return
@@ -222,7 +232,7 @@ class TrainingRecipe:
             layer %= n_layers
             if layer not in captures:
                 captures[layer] = AttentionInputCapture(layers[layer].self_attn, f"train.{name}_pointer_weight")
-            self.pointers[name] = captures[layer]
+            self.pointers[name] = SupervisedHead(captures[layer], head, getattr(t, f"{name}_pointer_weight"))
         if "rec" in self.pointers:
             self.rec_digits = digit_tokens(self.processor.tokenizer.get_vocab())
         if "existence" in self.pointers:
@@ -246,8 +256,9 @@ class TrainingRecipe:
         if not rows:
             return None, 0
         lm = self.model.model.language_model
-        losses = pointer_loss(self.pointers[name], rows, getattr(self.config.train, f"{name}_pointer_head"),
-                              b.inputs.get("attention_mask"), readout=lambda x: self.model.lm_head(lm.norm(x)))
+        supervised = self.pointers[name]
+        losses = pointer_loss(supervised.capture, rows, supervised.head, b.inputs.get("attention_mask"),
+                              readout=lambda x: self.model.lm_head(lm.norm(x)))
         return losses, len(rows)
 
     def _checkpoint_to_resume(self) -> Path | None:
@@ -414,11 +425,11 @@ class TrainingRecipe:
                                                                b.inputs["region_image_index"], b.region_labels)
                     total = total + aux * (self.config.train.region_aux_weight / len(micro))
                     aux_sum += float(aux.detach()) / len(micro)
-                for name in self.pointers if weight else ():
+                for name, supervised in self.pointers.items() if weight else ():
                     pointer, n_pointers = self._pointer_loss(name, b)
                     if pointer is not None:
                         total = total + (pointer.attention + pointer.readout) * (
-                            getattr(self.config.train, f"{name}_pointer_weight") / len(micro))
+                            supervised.weight / len(micro))
                         sums = pointer_sums[name]
                         sums[0] += float(pointer.attention.detach()) / len(micro)
                         sums[1] += float(pointer.readout.detach()) / len(micro)
