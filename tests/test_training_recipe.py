@@ -265,6 +265,37 @@ def test_region_aux_weight_must_not_be_negative(world, tmp_path):
         make_recipe(world, tmp_path / "neg", "train.max_steps=1", "train.region_aux_weight=-1")
 
 
+def test_segmentation_trains_the_vision_tower_in_pretraining_and_with_the_language_model(world, tmp_path):
+    recipe = make_recipe(world, tmp_path / "seg", "train.max_steps=2", "data.val=[]", "train.segmentation_weight=1.0",
+                         "train.region_aux_weight=0.5", "checkpoint.every_steps=2",
+                         "train.trainable=[feature_refiner,connector,language_model,vision_tower]")
+    head = recipe.region_aux.segmentation
+    assert head is not None and head.head.in_channels == recipe.model.config.vision_feature_dim
+    before = head.head.weight.detach().clone()
+    recipe.train()
+    assert not torch.equal(head.head.weight, before)  # the head trains beside the language model
+    saved = recipe.region_aux.state_dict()
+    assert any(k.startswith("segmentation.") for k in saved)  # kept in the training state for resuming
+
+    from regiongpt.training.region_pretrain import pretrain_region_path
+
+    tower = {n: p.detach().clone() for n, p in recipe.model.named_parameters() if n.startswith("model.vision_tower.")}
+    losses = pretrain_region_path(recipe.model, recipe.processor, recipe.train_samples, 2, 1e-3, 2, 0, recipe.device,
+                                  segmentation_weight=1.0)
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    assert any(not torch.equal(p, tower[n]) for n, p in recipe.model.named_parameters() if n in tower)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.segmentation_weight=-1"], "segmentation_weight' must be >= 0"),
+    (["train.segmentation_weight=1", "train.region_aux_weight=0", "train.region_pretrain_steps=0"],
+     "set 'train.region_pretrain_steps' or 'train.region_aux_weight'"),
+])
+def test_segmentation_settings_are_checked(world, tmp_path, overrides, message):
+    with pytest.raises(InvalidInputError, match=message):
+        make_recipe(world, tmp_path / "bad", "train.max_steps=1", *overrides)
+
+
 def test_image_cell_targets_mark_the_cells_a_region_covers():
     from regiongpt.training.region_pretrain import image_cell_targets
 

@@ -277,6 +277,13 @@ class TrainConfig:
         "image tokens likewise keeps what each token's cell holds (weighted by `train.region_pretrain_image_weight`). "
         "The heads live in the training state, never in the "
         "exported model. 0 = off.", default=0.0)
+    segmentation_weight: float = _doc(
+        "Weight of a per-cell category loss on the refined map (the map regions are pooled from and image tokens "
+        "are merged from): a 1x1-convolution head says which category covers each cell, or background "
+        "(`training/segmentation.py`). It teaches the vision tower to recognise shapes from pixels, which "
+        "existence questions need (the region path reads them from the mask). Used in the region-path "
+        "pretraining and, with `train.region_aux_weight`, as one more auxiliary loss during training. "
+        "Every training region needs a category. Training only; 0 = off.", default=0.0)
     rec_pointer_weight: float = _doc(
         "Weight of an attention-supervision loss on REC answers: at each position that writes the number of "
         "\"Region [k]\", one head of the language model (`train.rec_pointer_layer`, `train.rec_pointer_head`) is "
@@ -653,6 +660,12 @@ def validate_config(config: TrainingConfig) -> None:
             raise InvalidInputError(f"'optim.task_weights.{task}' must be a number >= 0, got {value!r}")
     if t.region_aux_weight < 0:
         raise InvalidInputError(f"'train.region_aux_weight' must be >= 0 (0 = off), got {t.region_aux_weight}")
+    if t.segmentation_weight < 0:
+        raise InvalidInputError(f"'train.segmentation_weight' must be >= 0 (0 = off), got {t.segmentation_weight}")
+    if t.segmentation_weight and not (t.region_pretrain_steps or t.region_aux_weight):
+        raise InvalidInputError("'train.segmentation_weight' acts in the region-path pretraining and through the "
+                                "auxiliary losses: set 'train.region_pretrain_steps' or 'train.region_aux_weight' "
+                                "too, or set 'train.segmentation_weight=0'")
     for name in ("rec_pointer", "existence_pointer"):
         if getattr(t, f"{name}_weight") < 0:
             raise InvalidInputError(f"'train.{name}_weight' must be >= 0 (0 = off), got {getattr(t, f'{name}_weight')}")

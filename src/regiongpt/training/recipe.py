@@ -191,7 +191,7 @@ class TrainingRecipe:
         self.region_aux = RegionAuxiliaryHeads.from_samples(
             self.train_samples, cfg.train.region_pretrain_attributes, self.model.config.text_config.hidden_size,
             cfg.train.region_pretrain_image_labels, cfg.train.region_pretrain_image_weight,
-            self.model.config.image_grid_size,
+            self.model.config.image_grid_size, cfg.train.segmentation_weight, self.model.config.vision_feature_dim,
         ).to(self.device)
         self.region_aux_optimizer = torch.optim.AdamW(self.region_aux.parameters(), lr=cfg.optim.lr,
                                                       betas=tuple(cfg.optim.betas), weight_decay=0.0)
@@ -357,7 +357,8 @@ class TrainingRecipe:
                                       attributes=cfg.train.region_pretrain_attributes,
                                       image_labels=cfg.train.region_pretrain_image_labels,
                                       image_weight=cfg.train.region_pretrain_image_weight,
-                                      heads_on=cfg.train.region_pretrain_heads_on)
+                                      heads_on=cfg.train.region_pretrain_heads_on,
+                                      segmentation_weight=cfg.train.segmentation_weight)
         self.metrics.write(0, "region_pretrain", {"loss_first": losses[0], "loss_last": losses[-1],
                                                   "steps": len(losses)})
 
@@ -413,8 +414,15 @@ class TrainingRecipe:
             labels = b.inputs["labels"]
             with distributed.gradient_sync(self.wrapped, self.dist, sync=i == len(micro) - 1):
                 with self._autocast():
+                    inputs = self._model_inputs(b)
+                    vision = None
+                    if self.region_aux is not None and self.region_aux.segmentation is not None \
+                            and inputs.get("pixel_values") is not None:
+                        # encoded here so the segmentation head can read the refined map
+                        vision = self.model.model.encode_images(inputs.pop("pixel_values"))
+                        inputs["vision_features"] = vision
                     # no KV cache in training (activation checkpointing recomputes layers; a cache would grow)
-                    outputs = self.wrapped(**self._model_inputs(b), use_cache=False)
+                    outputs = self.wrapped(**inputs, use_cache=False)
                     logits = outputs.logits
                 loss = answer_loss_sum(logits, labels, b.answer_index, per_answer, self._answer_weights(b))
                 total = loss * (weight * scale)
@@ -423,6 +431,9 @@ class TrainingRecipe:
                     if outputs.image_embeds is not None:
                         aux = aux + self.region_aux.image_loss(outputs.image_embeds, b.inputs["region_masks"],
                                                                b.inputs["region_image_index"], b.region_labels)
+                    if vision is not None:
+                        aux = aux + self.region_aux.segmentation_loss(vision.region_maps, b.inputs["region_masks"],
+                                                                      b.inputs["region_image_index"], b.region_labels)
                     total = total + aux * (self.config.train.region_aux_weight / len(micro))
                     aux_sum += float(aux.detach()) / len(micro)
                 for name, supervised in self.pointers.items() if weight else ():

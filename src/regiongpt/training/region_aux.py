@@ -11,7 +11,9 @@ language model reads, at every step, so every labelled attribute stays linearly 
 With ``train.region_pretrain_image_labels`` (e.g. ``[category]``) a multi-label head on the
 image tokens the language model reads does the same for them: each token keeps saying which
 labels have an object in its cell (existence questions read image tokens, not regions). Its
-loss is weighted by ``train.region_pretrain_image_weight``, as in the pretraining.
+loss is weighted by ``train.region_pretrain_image_weight``, as in the pretraining. With
+``train.segmentation_weight`` the refined map keeps saying which category covers each cell
+(``segmentation.py``).
 
 The heads belong to the training run, not to the model: they are saved in the training
 state for resuming and never exported.
@@ -30,6 +32,7 @@ from regiongpt.data.native import NativeSample
 
 from .metrics import IGNORE_INDEX as IGNORE
 from .region_pretrain import PretrainLabels, image_cell_loss, image_cell_targets
+from .segmentation import SegmentationHead
 
 
 def region_label_record(region: Any) -> dict[str, str]:
@@ -44,7 +47,8 @@ class RegionAuxiliaryHeads(nn.Module):
     """One linear softmax head per labelled field on the (R, D) region embeddings."""
 
     def __init__(self, classes: Mapping[str, Sequence[str]], width: int, image_fields: Sequence[str] = (),
-                 image_classes: Sequence[str] = (), image_weight: float = 0.25, grid: int = 1):
+                 image_classes: Sequence[str] = (), image_weight: float = 0.25, grid: int = 1,
+                 segmentation_weight: float = 0.0, vision_width: int = 0):
         super().__init__()
         self.fields = list(classes)
         self.index = {f: {v: i for i, v in enumerate(values)} for f, values in classes.items()}
@@ -54,16 +58,30 @@ class RegionAuxiliaryHeads(nn.Module):
         self.image_head = nn.Linear(width, len(image_classes)) if image_fields else None
         self.image_weight = image_weight
         self.grid = grid
+        self.segmentation_weight = segmentation_weight
+        self.segmentation = SegmentationHead(vision_width, classes["category"]) \
+            if segmentation_weight and "category" in classes else None
 
     @classmethod
     def from_samples(cls, samples: Sequence[NativeSample], attributes: Sequence[str], width: int,
                      image_fields: Sequence[str] = (), image_weight: float = 0.25,
-                     grid: int = 1) -> "RegionAuxiliaryHeads":
-        """Heads for the category and ``attributes`` (and the image tokens' ``image_fields``), with
-        the values the training regions use (every training region must carry them; the error
-        names the field otherwise). ``grid``: the image-token grid side."""
+                     grid: int = 1, segmentation_weight: float = 0.0,
+                     vision_width: int = 0) -> "RegionAuxiliaryHeads":
+        """Heads for the category and ``attributes`` (and the image tokens' ``image_fields``, and
+        the refined map's categories with ``segmentation_weight``), with the values the training
+        regions use (every training region must carry them; the error names the field otherwise).
+        ``grid``: the image-token grid side; ``vision_width``: the refined map's channels."""
         labels = PretrainLabels.from_samples(samples, attributes, image_fields)
-        return cls(labels.region_classes, width, labels.image_fields, labels.image_classes, image_weight, grid)
+        return cls(labels.region_classes, width, labels.image_fields, labels.image_classes, image_weight, grid,
+                   segmentation_weight, vision_width)
+
+    def segmentation_loss(self, region_maps: torch.Tensor, region_masks: torch.Tensor,
+                          region_image_index: torch.Tensor, records: Sequence[Mapping[str, str]]) -> torch.Tensor:
+        """The refined map's per-cell category loss (``segmentation.py``), times ``segmentation_weight``."""
+        if self.segmentation is None:
+            return region_maps.new_zeros(())
+        return self.segmentation_weight * self.segmentation.loss(
+            region_maps, region_masks, region_image_index, SegmentationHead.categories_of(records))
 
     def image_loss(self, image_embeds: torch.Tensor, region_masks: torch.Tensor, region_image_index: torch.Tensor,
                    records: Sequence[Mapping[str, str]]) -> torch.Tensor:

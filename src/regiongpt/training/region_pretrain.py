@@ -33,6 +33,8 @@ from torch.nn import functional as F
 from regiongpt.data.native import NativeRegion, NativeSample
 from regiongpt.errors import InvalidInputError
 
+from .segmentation import SegmentationHead
+
 CELL_COVER_THRESHOLD = 0.02  # fraction of an image-token cell a region must cover to count as present there
 
 
@@ -118,7 +120,7 @@ def image_cell_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
 def pretrain_region_path(model: nn.Module, processor, samples: Sequence[NativeSample], steps: int, lr: float,
                          batch_size: int, seed: int, device: torch.device, attributes: Sequence[str] = (),
                          image_labels: Sequence[str] = (), image_weight: float = 0.25,
-                         heads_on: str = "features") -> list[float]:
+                         heads_on: str = "features", segmentation_weight: float = 0.0) -> list[float]:
     """Train the region path (and, with ``image_labels``, the image tokens) for ``steps`` steps.
 
     Returns the summed, weighted head losses per step. ``heads_on="features"``: the region
@@ -150,9 +152,13 @@ def pretrain_region_path(model: nn.Module, processor, samples: Sequence[NativeSa
         image_class_index = {v: i for i, v in enumerate(labels.image_classes)}
         image_head = nn.Linear(model.config.vision_feature_dim, len(labels.image_classes))
         trained += list(image_head.parameters())
-    heads.to(device)
-    if image_head is not None:
-        image_head.to(device)
+    segmentation = None
+    if segmentation_weight:
+        segmentation = SegmentationHead(model.config.vision_feature_dim, labels.region_classes["category"])
+        trained += list(segmentation.parameters())
+    for part in (heads, image_head, segmentation):
+        if part is not None:
+            part.to(device)
     optimizer = torch.optim.AdamW(trained, lr=lr, foreach=True)
     rng = random.Random(seed)
     grid = model.config.image_grid_size
@@ -178,6 +184,9 @@ def pretrain_region_path(model: nn.Module, processor, samples: Sequence[NativeSa
             targets = image_cell_targets(masks, image_index, classes, len(batch), grid, len(labels.image_classes))
             logits = image_head(vision.image_features.float())  # (B, grid*grid, n_classes)
             loss = loss + image_weight * image_cell_loss(logits, targets)
+        if segmentation is not None:
+            loss = loss + segmentation_weight * segmentation.loss(vision.region_maps, masks, image_index,
+                                                                  [r.category for r in regions])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -1,0 +1,82 @@
+"""Per-pixel category supervision of the refined feature map (``train.segmentation_weight``).
+
+Existence questions ("Is there a star in the image?") are answered from the image tokens,
+which are pooled from the vision tower's map. The region path reads a region's category from
+its mask outline and its own pixels (the shape encoder), so nothing asked the vision tower to
+recognise shapes: probes on the built-in model's image tokens found objectness, not category
+(bench/demo_model.md, "Eighth round"), and yes/no stayed at the prior. Image-level labels
+(which categories are in the picture) did not teach a small tower anything in 800 steps;
+a dense target does: each cell of the refined map (the map regions are pooled from) is told
+the category of the object covering most of it, or background, through a 1x1 convolution.
+
+The head is a training device, like the region-pretraining heads: it lives in the run, never
+in the exported model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+COVER_THRESHOLD = 0.5  # a map cell takes an object's category when the object covers more than half of it
+
+
+def segmentation_targets(region_masks: torch.Tensor, region_image_index: torch.Tensor, region_classes: torch.Tensor,
+                         n_images: int, size: int, background: int) -> torch.Tensor:
+    """(B, size, size) class ids: per map cell, the class of the region covering most of it
+    (more than half), else ``background``. ``region_masks``: (R, S, S) soft masks in model-input
+    pixels; ``region_classes``: (R,) class ids; ``region_image_index``: (R,) image of each region."""
+    targets = torch.full((n_images, size, size), background, dtype=torch.long, device=region_masks.device)
+    if region_masks.shape[0] == 0:
+        return targets
+    cover = F.adaptive_avg_pool2d(region_masks.float()[:, None], size)[:, 0]  # (R, size, size)
+    best = torch.zeros(n_images, size, size, device=region_masks.device)
+    for r, (image, label) in enumerate(zip(region_image_index.tolist(), region_classes.tolist())):
+        take = (cover[r] > COVER_THRESHOLD) & (cover[r] > best[image])
+        targets[image][take] = label
+        best[image] = torch.maximum(best[image], cover[r])
+    return targets
+
+
+class SegmentationHead(nn.Module):
+    """A 1x1 convolution from the (B, C, h, w) refined map to the category classes + background.
+
+    ``classes``: the category names in head order; the background is the last class. Its
+    weight in the cross-entropy is ``background_weight`` (most cells are background, and a
+    head that says "background" everywhere is right most of the time).
+    """
+
+    def __init__(self, channels: int, classes: Sequence[str], background_weight: float = 0.2):
+        super().__init__()
+        self.index = {name: i for i, name in enumerate(classes)}
+        self.background = len(classes)
+        self.head = nn.Conv2d(channels, len(classes) + 1, kernel_size=1)
+        class_weight = torch.ones(len(classes) + 1)
+        class_weight[-1] = background_weight
+        self.register_buffer("class_weight", class_weight, persistent=False)
+
+    def forward(self, region_maps: torch.Tensor) -> torch.Tensor:
+        """(B, K+1, h, w) logits."""
+        return self.head(region_maps.float())
+
+    def loss(self, region_maps: torch.Tensor, region_masks: torch.Tensor, region_image_index: torch.Tensor,
+             categories: Sequence[str | None]) -> torch.Tensor:
+        """Weighted cross-entropy of every map cell against the category covering it. Regions whose
+        category is None or unknown to the head are left out of the targets."""
+        known = [i for i, name in enumerate(categories) if name in self.index]
+        rows = torch.tensor(known, dtype=torch.long, device=region_masks.device)
+        classes = torch.tensor([self.index[categories[i]] for i in known], dtype=torch.long)
+        targets = segmentation_targets(region_masks[rows], region_image_index[rows], classes, region_maps.shape[0],
+                                       region_maps.shape[-1], self.background)
+        return F.cross_entropy(self(region_maps), targets, weight=self.class_weight)
+
+    @staticmethod
+    def categories_of(records: Sequence[Mapping[str, str]]) -> list[str | None]:
+        """The category of each region label record (``region_aux.region_label_record``)."""
+        return [r.get("category") for r in records]
+
+
+__all__ = ["SegmentationHead", "segmentation_targets"]

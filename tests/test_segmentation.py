@@ -1,0 +1,43 @@
+"""Per-cell category supervision of the refined map (train.segmentation_weight)."""
+
+from __future__ import annotations
+
+import torch
+
+from regiongpt.training.segmentation import SegmentationHead, segmentation_targets
+
+
+def test_targets_give_each_cell_the_category_covering_most_of_it():
+    masks = torch.zeros(3, 8, 8)
+    masks[0, :4, :4] = 1  # image 0, top-left quarter
+    masks[1, :4, :] = 1  # image 0, top half: overlaps region 0 in the top-left cell, covering it as much
+    masks[1, :4, :2] = 0  # ... but not fully: region 0 covers the top-left cell more
+    masks[2, 4:, 4:] = 0.4  # image 1, a soft mask under half: background
+    targets = segmentation_targets(masks, torch.tensor([0, 0, 1]), torch.tensor([5, 7, 9]), 2, 2, background=14)
+    assert targets.shape == (2, 2, 2)
+    assert targets[0].tolist() == [[5, 7], [14, 14]]
+    assert (targets[1] == 14).all()
+    empty = segmentation_targets(torch.zeros(0, 8, 8), torch.zeros(0, dtype=torch.long), torch.zeros(0), 1, 4, 3)
+    assert (empty == 3).all()
+
+
+def test_head_learns_the_cells_and_skips_unknown_categories():
+    torch.manual_seed(0)
+    head = SegmentationHead(32, ["circle", "star"])
+    region_maps = torch.randn(2, 32, 4, 4)
+    masks = torch.zeros(3, 16, 16)
+    masks[0, :8, :8] = 1
+    masks[1, 8:, 8:] = 1
+    masks[2, :8, 8:] = 1
+    index = torch.tensor([0, 1, 1])
+    categories = ["star", "circle", None]  # the third region has no category: left out of the targets
+    optimizer = torch.optim.Adam(head.parameters(), lr=0.1)
+    first = head.loss(region_maps, masks, index, categories).item()
+    for _ in range(50):
+        loss = head.loss(region_maps, masks, index, categories)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < first / 5
+    predicted = head(region_maps).argmax(1)
+    assert predicted[0, 0, 0] == 1 and predicted[1, 3, 3] == 0 and predicted[1, 0, 3] == 2  # star, circle, background
