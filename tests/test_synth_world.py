@@ -236,9 +236,11 @@ def test_pope_and_native_files(world):
                 assert phrase in scene.objects[k].referring
             if human["task"] == "existence":
                 assert answer["value"] in ("Yes.", "No.")
-                # the evidence: every object of the asked category, or none for "No."
-                named = [k for k, obj in enumerate(scene.objects, start=1) if f" {obj.category} " in
-                         " " + human["value"].replace("?", " ") + " "]
+                # the evidence: every object of the asked category (in the asked colour, if one is named)
+                text = " " + human["value"].replace("?", " ") + " "
+                named = [k for k, obj in enumerate(scene.objects, start=1) if f" {obj.category} " in text
+                         and (f" {obj.colour} {obj.category} " in text
+                              or not any(f" {c} {obj.category} " in text for c in COLOUR_NAMES))]
                 assert answer["evidence"] == (named if answer["value"] == "Yes." else [])
                 assert (answer["value"] == "Yes.") == bool(named)
 
@@ -342,3 +344,31 @@ def test_bad_arguments_raise_invalid_input(tmp_path):
         write_world(tmp_path / "b", images=1, val_fraction=1.5, progress=False)
     with pytest.raises(InvalidInputError, match="cannot write|not a folder"):
         write_world(blocker / "sub", images=1, progress=False)
+
+
+def test_training_existence_questions_cannot_be_answered_from_their_text(draw):
+    """Every category, and colour-qualified phrases as a whole, are about as often present as absent."""
+    import random
+
+    from regiongpt.data.synth.conversation import build_conversation
+
+    rng = random.Random(0)
+    answers: dict[str, Counter] = {}
+    for scene in draw:
+        conversation = build_conversation(scene, rng, existence_per_image=1)
+        pairs = present_pairs(scene)
+        for human, answer in zip(conversation[0::2], conversation[1::2]):
+            if human["task"] != "existence":
+                continue
+            words = human["value"].split()
+            category = next(w.strip("?.,") for w in reversed(words) if w.strip("?.,") in CATEGORIES)
+            coloured = words[words.index(category) - 1] in COLOUR_NAMES if category in words else False
+            is_yes = answer["value"] == "Yes."
+            named = [k + 1 for k, (_, c) in enumerate(pairs) if c == category]
+            assert is_yes == bool(answer["evidence"]) and set(answer["evidence"]) <= set(named)
+            for key in (category, "coloured" if coloured else "bare"):
+                answers.setdefault(key, Counter())[is_yes] += 1
+    assert set(CATEGORIES) <= set(answers) and {"coloured", "bare"} <= set(answers)
+    for key, counts in answers.items():
+        share = counts[True] / (counts[True] + counts[False])
+        assert 0.3 <= share <= 0.7, (key, counts)

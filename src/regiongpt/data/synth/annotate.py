@@ -292,6 +292,34 @@ def existence_negatives(
     raise ValueError(f"unknown POPE setting {setting!r}; choose random, popular or adversarial")
 
 
+def training_existence_phrases(
+    pairs: Sequence[tuple[str, str]], rng: random.Random, count: int, colour_probability: float = 1 / 3
+) -> list[tuple[str, bool]]:
+    """Up to ``count`` present and as many absent phrases for training, as (phrase, present).
+
+    Drawn so that the text alone never tells the answer: a present category and an absent one
+    picked uniformly (every category is then about as often present as absent over the world,
+    unlike the POPE settings, whose "popular" negatives are always the same few categories), or,
+    with ``colour_probability``, a present (colour, category) and a present category in a colour
+    it does not have here (so a colour in the question is not a sign of "No").
+    """
+    present = sorted({category for _, category in pairs}, key=CATEGORIES.index)
+    absent = [c for c in CATEGORIES if c not in present]
+    recoloured = [f"{colour} {c}" for c in present for colour in COLOUR_NAMES if (colour, c) not in set(pairs)]
+    coloured = [f"{colour} {c}" for colour, c in sorted(set(pairs))]
+    out: list[tuple[str, bool]] = []
+    for _ in range(count):
+        if coloured and recoloured and rng.random() < colour_probability:
+            yes, no = coloured, recoloured
+        elif present and absent:
+            yes, no = present, absent
+        else:
+            break
+        for pool, answer in ((yes, True), (no, False)):
+            out.append((pool.pop(rng.randrange(len(pool))), answer))
+    return out
+
+
 def existence_positives(pairs: Sequence[tuple[str, str]], rng: random.Random, count: int) -> list[str]:
     """Distinct categories present in a scene (given its (colour, category) pairs), at random."""
     present = sorted({category for _, category in pairs}, key=CATEGORIES.index)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from regiongpt.data.native import NativeRegion, NativeSample
-from regiongpt.data.synth.annotate import RefPhrase, existence_negatives, existence_positives, present_pairs, resolve
+from regiongpt.data.synth.annotate import RefPhrase, present_pairs, resolve, training_existence_phrases
 from regiongpt.data.synth.scene import Scene
 from regiongpt.data.synth.world import CATEGORIES, COLOUR_NAMES
 from regiongpt.processing.instructions import (
@@ -113,7 +113,6 @@ def build_conversation(scene: Scene, rng: random.Random, rec_per_image: int | No
         pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
         for i, j in rng.sample(pairs, min(len(pairs), RELATIONS_PER_IMAGE)):
             qa.append(("relation", build_instruction("relation", region=i, region2=j, rng=rng), relation_sentence(scene, i, j)))
-    setting = rng.choice(("random", "popular", "adversarial"))
     pairs = present_pairs(scene)
     asked_existence: list[tuple[str, list[int]]] = []  # (phrase, the objects it names)
     if existence_per_image is None:
@@ -127,8 +126,9 @@ def build_conversation(scene: Scene, rng: random.Random, rec_per_image: int | No
             if absent:
                 asked_existence.append((f"{rng.choice(absent)} {category}", []))
     else:
-        asked_existence += [(c, _named(pairs, c)) for c in existence_positives(pairs, rng, existence_per_image)]
-        asked_existence += [(c, []) for c in existence_negatives(pairs, rng, setting, existence_per_image)]
+        for phrase, _ in training_existence_phrases(pairs, rng, existence_per_image):
+            *colour, category = phrase.split()
+            asked_existence.append((phrase, _named(pairs, category, colour[0] if colour else None)))
     for phrase, named in asked_existence:
         qa.append(("existence", build_instruction("existence", phrase=phrase, rng=rng), "Yes." if named else "No.",
                    [k + 1 for k in named]))
