@@ -9,7 +9,7 @@ from transformers import LlamaConfig, LlamaModel
 
 from regiongpt.errors import InvalidInputError
 from regiongpt.training.rec_pointer import (
-    AttentionInputCapture, RecPointer, digit_tokens, pointer_loss, rec_pointers, visible_positions)
+    AttentionInputCapture, RecPointer, digit_tokens, pointer_loss, rec_pointers, visible_positions, visible_rows)
 
 R = 99  # region placeholder id
 DIGITS = {11: "1", 12: "2", 13: "3"}
@@ -69,6 +69,50 @@ def test_recomputed_head_attention_is_the_models_own(attn):
         got = capture.head_log_attention(row, query, head).exp()
         torch.testing.assert_close(got, expected[row, head, query, : query + 1], atol=1e-5, rtol=1e-4)
     capture.remove()
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_attention_of_many_queries_at_once_is_the_models_own(attn):
+    """rows_attention projects keys once per batch row; each query's row must still be its own:
+    rows with their own positions (per-row rotary), a padding mask, queries in any order."""
+    model = tiny_llama(attn)
+    reference = tiny_llama("eager")
+    capture = AttentionInputCapture(model.layers[1].self_attn)
+    ids = torch.randint(0, 120, (3, 12))
+    positions = torch.stack([torch.arange(12), torch.arange(12) + 3, torch.arange(12) * 2])
+    mask = torch.ones(3, 12, dtype=torch.long)
+    mask[2, 1] = 0
+    with torch.no_grad():
+        model(input_ids=ids, position_ids=positions, attention_mask=mask)
+        expected = reference(input_ids=ids, position_ids=positions, attention_mask=mask,
+                             output_attentions=True).attentions[1]  # (N, H, L, L)
+        rows, queries = [2, 0, 1, 2, 0], [11, 11, 5, 7, 0]
+        log_attention, written = capture.rows_attention(rows, queries, 3, visible_rows(mask, rows, queries))
+    assert log_attention.shape == (5, 12) and written.shape == (5, 32)
+    for i, (row, query) in enumerate(zip(rows, queries)):
+        torch.testing.assert_close(log_attention[i, : query + 1].exp(), expected[row, 3, query, : query + 1],
+                                   atol=1e-5, rtol=1e-4)
+        assert torch.isinf(log_attention[i, query + 1 :]).all()  # causal
+        with torch.no_grad():
+            _, alone = capture.head_attention(row, query, 3, visible_positions(mask, row, query))
+        torch.testing.assert_close(written[i], alone, atol=1e-6, rtol=1e-5)
+    capture.remove()
+
+
+def test_pointer_loss_of_a_batch_is_the_mean_of_its_rows():
+    model = tiny_llama("sdpa")
+    capture = AttentionInputCapture(model.layers[0].self_attn)
+    head_out = torch.nn.Linear(32, 120)
+    ids = torch.randint(0, 120, (2, 10))
+    model(input_ids=ids)
+    pointers = [RecPointer(0, 9, (3,), (2, 3, 4), 1, 5), RecPointer(1, 6, (2, 5), (2, 4), 0, 7),
+                RecPointer(0, 4, (1,), (1, 2), 0, 9)]
+    readout = lambda x: head_out(model.norm(x))  # noqa: E731
+    together = pointer_loss(capture, pointers, 2, None, readout=readout)
+    alone = [pointer_loss(capture, [p], 2, None, readout=readout) for p in pointers]
+    torch.testing.assert_close(together.attention, sum(a.attention for a in alone) / 3)
+    torch.testing.assert_close(together.readout, sum(a.readout for a in alone) / 3)
+    assert together.correct == sum(a.correct for a in alone)
 
 
 def test_pointer_loss_falls_when_the_head_attends_to_the_target():

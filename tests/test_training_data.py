@@ -17,6 +17,7 @@ from regiongpt.processing.tokenizer import train_tokenizer
 from regiongpt.training.builders import tokenizer_corpus
 from regiongpt.training.data import (
     PackedImage,
+    QAPair,
     PackedSequence,
     RegionCollator,
     RegionConversationDataset,
@@ -25,6 +26,7 @@ from regiongpt.training.data import (
     StepBatchSampler,
     TaskSchedule,
     conversation_pairs,
+    pack_pairs,
     parse_source,
 )
 from regiongpt.training.metrics import AnswerAccuracy
@@ -222,3 +224,19 @@ def test_independent_turns_pack_split_and_collate(samples, processor):
         assert not seen.any() if task in independent else seen.all()
         checked += task in independent
     assert checked
+
+
+def test_packing_measures_once_when_everything_fits_and_splits_greedily_otherwise():
+    pairs = [QAPair(f"q{i}", "a" * n, "brief", None) for i, n in enumerate([3, 4, 2, 5])]
+    calls = []
+
+    def length(group):  # one token per answer character, two per pair for the question
+        calls.append(len(group))
+        return sum(len(p.answer) + 2 for p in group)
+
+    assert pack_pairs(pairs, length, 22) == ([pairs], 0)
+    assert calls == [4]  # the whole conversation, measured once
+    groups, dropped = pack_pairs(pairs, length, 11)
+    assert [[p.question for p in g] for g in groups] == [["q0", "q1"], ["q2", "q3"]] and dropped == 0
+    groups, dropped = pack_pairs(pairs, length, 6)  # q3 alone is 7 tokens
+    assert [[p.question for p in g] for g in groups] == [["q0"], ["q1"], ["q2"]] and dropped == 1

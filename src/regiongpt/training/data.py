@@ -283,7 +283,11 @@ def pack_pairs(pairs: Sequence[QAPair], length: Callable[[Sequence[QAPair]], int
     """Greedily pack pairs, in order, into sequences of at most ``max_length`` tokens.
 
     Returns the packed groups and the number of pairs dropped because one alone is too long.
+    When all pairs fit in one sequence (the usual case) that is the packing, found with one
+    length measurement instead of one per pair (a sequence's length grows with its pairs).
     """
+    if pairs and length(pairs) <= max_length:
+        return [list(pairs)], 0
     groups: list[list[QAPair]] = []
     current: list[QAPair] = []
     dropped = 0

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from itertools import groupby
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -158,34 +159,59 @@ class AttentionInputCapture:
     def remove(self) -> None:
         self._handle.remove()
 
-    def head_attention(self, row: int, query: int, head: int, visible: torch.Tensor | None = None
-                       ) -> tuple[torch.Tensor, torch.Tensor]:  # (query + 1,), (D,)
-        """Log attention of ``head`` at (``row``, ``query``) over positions 0..query (causal), recomputed
-        from the captured input (``visible`` (query + 1,) bool masks further: padding, independent
-        turns), and what the head adds to the residual stream there (its slice of the output
-        projection, without bias)."""
+    def rows_attention(self, rows: Sequence[int], queries: Sequence[int], head: int,
+                       visible: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # (P, L), (P, D)
+        """Log attention of ``head`` at each (``rows[i]``, ``queries[i]``) over the row's positions,
+        recomputed from the captured input (-inf after the query: causal; ``visible`` (P, L) bool
+        masks further: padding, independent turns), and what the head adds to the residual stream
+        there (its slice of the output projection, without bias). One pass for all P rows: keys
+        and values are projected once per batch row, not once per query."""
         if self.hidden is None:
             raise RuntimeError("no captured attention input: run the model's forward first")
         module = self.attention
         head_dim = module.head_dim
         kv_head = head // (module.config.num_attention_heads // module.config.num_key_value_heads)
-        h = self.hidden[row, : query + 1]  # (Q+1, D)
-        q = module.q_proj(h[query]).view(-1, head_dim)[head]  # (d,)
-        k = module.k_proj(h).view(query + 1, -1, head_dim)[:, kv_head]  # (Q+1, d)
-        v = module.v_proj(h).view(query + 1, -1, head_dim)[:, kv_head]  # (Q+1, d)
+        hidden = self.hidden  # (N, L, D)
+        length, device = hidden.shape[1], hidden.device
+        used = sorted(set(rows))  # the batch rows that hold a query
+        slot = torch.tensor([used.index(r) for r in rows], device=device)  # (P,) index into ``used``
+        row_t = torch.tensor(list(rows), device=device)
+        query_t = torch.tensor(list(queries), device=device)
+        h = hidden[torch.tensor(used, device=device)]  # (U, L, D)
+        q = module.q_proj(hidden[row_t, query_t]).view(len(rows), -1, head_dim)[:, head]  # (P, d)
+        k = module.k_proj(h).view(len(used), length, -1, head_dim)[:, :, kv_head]  # (U, L, d)
+        v = module.v_proj(h).view(len(used), length, -1, head_dim)[:, :, kv_head]  # (U, L, d)
         if self.rotary is not None:
-            # (N or 1, L, d): per row, or shared by the batch when the positions are
-            cos, sin = (t[row if t.shape[0] > 1 else 0, : query + 1] if t.dim() == 3 else t[: query + 1]
-                        for t in self.rotary)
-            q = q * cos[query] + _rotate_half(q) * sin[query]
-            k = k * cos + _rotate_half(k) * sin
-        scores = (k.float() @ q.float()) * module.scaling
+            # (N or 1, L, d): per row, or shared by the batch when the positions are; or (L, d)
+            cos, sin = self.rotary
+            if cos.dim() == 3 and cos.shape[0] > 1:
+                used_t = torch.tensor(used, device=device)
+                q_cos, q_sin, k_cos, k_sin = cos[row_t, query_t], sin[row_t, query_t], cos[used_t], sin[used_t]
+            else:
+                cos, sin = (cos[0], sin[0]) if cos.dim() == 3 else (cos, sin)
+                q_cos, q_sin, k_cos, k_sin = cos[query_t], sin[query_t], cos, sin
+            q = q * q_cos + _rotate_half(q) * q_sin
+            k = k * k_cos + _rotate_half(k) * k_sin
+        scores = torch.einsum("pld,pd->pl", k[slot].float(), q.float()) * module.scaling  # (P, L)
+        allowed = torch.arange(length, device=device)[None] <= query_t[:, None]  # causal
         if visible is not None:
-            scores = scores.masked_fill(~visible, float("-inf"))
-        log_attention = torch.log_softmax(scores, dim=-1)
-        mixed = log_attention.exp().to(v.dtype) @ v  # (d,)
-        written = mixed @ module.o_proj.weight[:, head * head_dim : (head + 1) * head_dim].T  # (D,)
+            allowed = allowed & visible.to(device)
+        log_attention = torch.log_softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+        mixed = torch.einsum("pl,pld->pd", log_attention.exp().to(v.dtype), v[slot])  # (P, d)
+        written = mixed @ module.o_proj.weight[:, head * head_dim : (head + 1) * head_dim].T  # (P, D)
         return log_attention, written
+
+    def head_attention(self, row: int, query: int, head: int, visible: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:  # (query + 1,), (D,)
+        """:meth:`rows_attention` for one query: the log attention over positions 0..query
+        (``visible`` (query + 1,) bool) and what the head writes."""
+        if visible is not None:
+            length = self.hidden.shape[1] if self.hidden is not None else query + 1
+            full = torch.zeros(length, dtype=torch.bool, device=visible.device)
+            full[: query + 1] = visible
+            visible = full[None]
+        log_attention, written = self.rows_attention([row], [query], head, visible)
+        return log_attention[0, : query + 1], written[0]
 
     def head_log_attention(self, row: int, query: int, head: int,
                            visible: torch.Tensor | None = None) -> torch.Tensor:  # (query + 1,)
@@ -215,6 +241,18 @@ class PointerLoss:
     correct: int
 
 
+def visible_rows(attention_mask: torch.Tensor | None, rows: Sequence[int], queries: Sequence[int]
+                 ) -> torch.Tensor | None:  # (P, L) bool
+    """:func:`visible_positions` for many queries at once, over the whole row (the causal limit
+    is left to :meth:`AttentionInputCapture.rows_attention`)."""
+    if attention_mask is None:
+        return None
+    row_t = torch.tensor(list(rows), device=attention_mask.device)
+    if attention_mask.dim() == 4:
+        return attention_mask[row_t, 0, torch.tensor(list(queries), device=attention_mask.device)].bool()
+    return attention_mask[row_t].bool()
+
+
 def pointer_loss(capture: AttentionInputCapture, pointers: Sequence[SupervisedRow], head: int,
                  attention_mask: torch.Tensor | None,
                  readout: Callable[[torch.Tensor], torch.Tensor] | None = None) -> PointerLoss:
@@ -222,23 +260,28 @@ def pointer_loss(capture: AttentionInputCapture, pointers: Sequence[SupervisedRo
     writes, (P, D), to vocabulary logits (the model's final norm and output head); without it
     ``readout`` is zero."""
     zero = torch.zeros((), device=capture.hidden.device if capture.hidden is not None else None)
-    attention, correct, written = zero, 0, []
-    for p in pointers:
-        log_attention, head_output = capture.head_attention(p.row, p.query, head,
-                                                            visible_positions(attention_mask, p.row, p.query))
-        attention = attention - torch.logsumexp(log_attention[list(p.targets)], dim=0)
-        written.append(head_output)
-        with torch.no_grad():
-            mass = torch.stack([torch.logsumexp(log_attention[list(choice)], dim=0) for choice in p.choices])
-            correct += int(int(mass.argmax()) == p.answer)
+    if not pointers:
+        return PointerLoss(zero, zero, 0)
+    rows, queries = [p.row for p in pointers], [p.query for p in pointers]
+    log_attention, written = capture.rows_attention(rows, queries, head,
+                                                    visible_rows(attention_mask, rows, queries))  # (P, L), (P, D)
+    targets = torch.zeros_like(log_attention, dtype=torch.bool)
+    for i, p in enumerate(pointers):
+        targets[i, list(p.targets)] = True
+    attention = -torch.logsumexp(log_attention.masked_fill(~targets, float("-inf")), dim=-1).sum()
+    correct = 0
+    detached = log_attention.detach().float().cpu().numpy()
+    for i, p in enumerate(pointers):
+        mass = [np.logaddexp.reduce(detached[i, list(choice)]) for choice in p.choices]
+        correct += int(int(np.argmax(mass)) == p.answer)
     read = zero
-    if readout is not None and pointers:
-        logits = readout(torch.stack(written)).float()  # (P, V)
+    if readout is not None:
+        logits = readout(written).float()  # (P, V)
         tokens = torch.tensor([p.token for p in pointers], device=logits.device)
         read = torch.nn.functional.cross_entropy(logits, tokens, reduction="sum")
-    n = max(1, len(pointers))
+    n = len(pointers)
     return PointerLoss(attention / n, read / n, correct)
 
 
 __all__ = ["AttentionInputCapture", "PointerLoss", "RecPointer", "SupervisedRow", "digit_tokens", "pointer_loss",
-           "rec_pointers", "visible_positions"]
+           "rec_pointers", "visible_positions", "visible_rows"]
