@@ -170,9 +170,10 @@ class DataConfig:
     group_by_length: bool = _doc(
         "Length-grouped batching: each epoch's shuffled order is cut into windows of 64 micro-batches, each "
         "sorted by conversation length, so a micro-batch holds samples of similar length (less padding). "
-        "Still a pure function of the seed and the epoch. Caution: samples of similar length are often of "
-        "one task, so a batch's statistics skew; in the demo recipe (a BatchNorm vision tower) it cut padding "
-        "from 33% to 4% but collapsed brief captions and REC (bench/demo_model.md, tenth round).", default=False)
+        "Still a pure function of the seed and the epoch. Caution: in the demo recipe (a BatchNorm vision "
+        "tower) it cut padding from 33% to 4% but collapsed brief captions and REC, perhaps because batches "
+        "of one length hold one task and skew batch statistics (untested; bench/demo_model.md, tenth round). "
+        "Check held-out numbers before keeping it.", default=False)
 
 
 @dataclass
