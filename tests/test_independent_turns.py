@@ -7,7 +7,9 @@ import torch
 from PIL import Image
 
 from regiongpt.training.data import PackedImage, PackedSequence, QAPair, RegionCollator, SequenceLength, answer_runs
-from regiongpt.training.independent_turns import attention_mask_for, format_sequence, pairs_to_turns, segment_mask, split_pairs
+from regiongpt.training.independent_turns import (TURN_ATTENTION, attention_mask_for, format_sequence, pairs_to_turns,
+                                                  segment_mask, split_pairs, turn_layout)
+from regiongpt.training.turn_attention import use_turn_attention
 
 from conftest import make_model, make_processor, randomise_refiner
 
@@ -22,10 +24,13 @@ PAIRS = [
 INDEPENDENT = frozenset({"rec", "existence"})
 
 
-@pytest.fixture(params=["sdpa", "eager"])
+@pytest.fixture(params=["sdpa", "eager", TURN_ATTENTION])
 def model_and_processor(request, tokenizer):
     model = make_model("tiny-clip-llama", tokenizer)
-    model.model.language_model.config._attn_implementation = request.param
+    if request.param == TURN_ATTENTION:
+        use_turn_attention(model.model.language_model)
+    else:
+        model.model.language_model.config._attn_implementation = request.param
     assert model.config.text_config._attn_implementation == request.param
     randomise_refiner(model)
     return model, make_processor(model, tokenizer)
@@ -126,3 +131,49 @@ def test_a_text_only_sequence_keeps_the_first_token_as_prefix(tokenizer):
     second = int((index[0] == 1).nonzero()[0])
     assert mask[0, 0, second, 0] and not mask[0, 0, second, first_answer].any()
     assert positions[0, 0] == 0 and positions[0, second] < second - len(first_answer)
+
+
+def _two_images(processor):
+    """Two rows of different lengths: a full conversation, and independent turns only."""
+    return RegionCollator(processor, INDEPENDENT)([
+        _item(processor, PAIRS, INDEPENDENT),
+        _item(processor, [p for p in reversed(PAIRS) if p.task in INDEPENDENT], INDEPENDENT)])
+
+
+def test_turn_attention_equals_the_masked_sdpa_with_its_gradients(tokenizer):
+    """The fast path of independent turns gives SDPA-with-the-mask's outputs on every real token and
+    the same gradients, on a batch whose rows differ in length and layout."""
+    model = make_model("tiny-clip-llama", tokenizer)
+    randomise_refiner(model)
+    processor = make_processor(model, tokenizer)
+    batch = _two_images(processor)
+    assert batch.inputs["turn_layout"].query_index.shape[0] == 6  # three independent turns a row
+    real = (batch.answer_index >= 0).flip(1).cumsum(1).flip(1) > 0  # up to each row's last answer
+    assert not real.all() and real.sum() == batch.tokens  # the second row is padded
+    results = []
+    for implementation in ("sdpa", TURN_ATTENTION):
+        if implementation == TURN_ATTENTION:
+            use_turn_attention(model.model.language_model)
+        model.zero_grad()
+        inputs = {k: v for k, v in batch.inputs.items() if k != "labels"}
+        logits = model(**inputs).logits
+        (logits[real] ** 2).mean().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((logits[real].detach(), grads))
+    (want, want_grads), (got, got_grads) = results
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert want_grads.keys() == got_grads.keys() and len(want_grads) > 10
+    for name, grad in want_grads.items():
+        torch.testing.assert_close(got_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_turn_layout_needs_ordinary_turns_before_independent_ones(tokenizer):
+    model = make_model("tiny-clip-llama", tokenizer)
+    processor = make_processor(model, tokenizer)
+    batch = RegionCollator(processor, INDEPENDENT)([_item(processor, PAIRS, INDEPENDENT)])
+    ids, index = batch.inputs["input_ids"], batch.answer_index
+    tasks = batch.answer_tasks  # brief, brief, rec, existence, existence
+    assert turn_layout(ids, index, [t in INDEPENDENT for t in tasks], processor.image_token_id) is not None
+    # an ordinary turn after an independent one: only the dense mask describes it
+    assert turn_layout(ids, index, [False, True, False, True, True], processor.image_token_id) is None
+    assert turn_layout(ids, index, [False] * 5, processor.image_token_id) is None  # nothing independent

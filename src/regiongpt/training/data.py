@@ -41,7 +41,7 @@ from regiongpt.data.sources import ReadReport, Source, make_source, origin, set_
 from regiongpt.errors import InvalidInputError
 from regiongpt.processing.instructions import strip_task_suffix
 
-from .independent_turns import format_sequence, pairs_to_turns, segment_mask, split_pairs
+from .independent_turns import format_sequence, pairs_to_turns, segment_mask, split_pairs, turn_layout
 from .region_aux import region_label_record
 
 IGNORE_INDEX = -100
@@ -543,7 +543,7 @@ class Batch:
     ``answer_evidence`` gives each answer's evidence regions (numbers K of its row's regions).
     """
 
-    inputs: dict[str, torch.Tensor]
+    inputs: dict[str, Any]  # tensors, and a TurnLayout under "turn_layout"
     answer_index: torch.Tensor
     answer_tasks: list[str]
     sequence_ids: list[str]
@@ -589,7 +589,8 @@ class RegionCollator:
 
     With ``independent_tasks`` the batch's ``attention_mask`` is the (N, 1, L, L) boolean mask
     of :func:`~regiongpt.training.independent_turns.segment_mask` and ``position_ids`` come
-    with it; otherwise the usual (N, L) padding mask.
+    with it, and ``turn_layout`` the same layout for turn attention (ignored by SDPA and eager);
+    otherwise the usual (N, L) padding mask.
     """
 
     def __init__(self, processor: Any, independent_tasks: Iterable[str] = ()):
@@ -622,9 +623,13 @@ class RegionCollator:
         inputs["labels"] = labels.masked_fill(placeholders, IGNORE_INDEX)
         tokens = int(inputs["attention_mask"].sum())
         if self.independent and any(task in self.independent for task in answer_tasks):
+            independent = [task in self.independent for task in answer_tasks]
             inputs["attention_mask"], inputs["position_ids"] = segment_mask(
-                inputs["input_ids"], inputs["attention_mask"], answer_index,
-                [task in self.independent for task in answer_tasks], self.processor.image_token_id)
+                inputs["input_ids"], inputs["attention_mask"], answer_index, independent,
+                self.processor.image_token_id)
+            layout = turn_layout(inputs["input_ids"], answer_index, independent, self.processor.image_token_id)
+            if layout is not None:  # what turn attention (training/turn_attention.py) computes from
+                inputs["turn_layout"] = layout
         return Batch(inputs, answer_index, answer_tasks, ids, len(packed), skipped, dropped, region_labels, tokens,
                      evidence)
 

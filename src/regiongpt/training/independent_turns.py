@@ -24,12 +24,14 @@ the previous answer (or the prefix) through the end of this answer.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from regiongpt.processing.templates import FormattedConversation
 
 IMAGE_TEXT = "<image>"
+TURN_ATTENTION = "regiongpt_turns"  # the attention implementation of turn_attention.py (SDPA-like)
 
 
 def split_pairs(pairs: Sequence, independent: frozenset[str]) -> tuple[list, list]:
@@ -69,6 +71,31 @@ def pairs_to_turns(pairs: Sequence) -> list[dict[str, str]]:
     return turns
 
 
+def row_segments(input_ids: torch.Tensor, answers: Sequence[int], answer_independent: Sequence[bool],
+                 image_token_id: int) -> tuple[int, list[tuple[int, int, bool]]]:
+    """One row's prefix end and its answer segments ``(begin, end, independent)``, in order.
+
+    ``answers`` numbers each token's answer (-1 elsewhere). The prefix is everything up to the
+    last image token (the first token when the row has no image); tokens after the last answer
+    (padding) belong to no segment.
+    """
+    image = (input_ids == image_token_id).nonzero()
+    prefix = int(image[-1]) + 1 if len(image) else 1
+    length, pos, segments = len(answers), prefix, []
+    while pos < length:
+        end = pos
+        while end < length and answers[end] < 0:  # the question before the answer
+            end += 1
+        if end == length:
+            break
+        number = answers[end]
+        while end < length and answers[end] == number:
+            end += 1
+        segments.append((pos, end, bool(answer_independent[number])))
+        pos = end
+    return prefix, segments
+
+
 def segment_mask(input_ids: torch.Tensor, padding_mask: torch.Tensor, answer_index: torch.Tensor,
                  answer_independent: Sequence[bool], image_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The (N, 1, L, L) boolean attention mask (True = may attend) and (N, L) position ids.
@@ -83,23 +110,13 @@ def segment_mask(input_ids: torch.Tensor, padding_mask: torch.Tensor, answer_ind
     for row in range(n):
         segment = torch.zeros(length, dtype=torch.long)
         alone = torch.zeros(length, dtype=torch.bool)
-        image = (input_ids[row] == image_token_id).nonzero()
-        start = int(image[-1]) + 1 if len(image) else 1
-        answers = answer_index[row].tolist()
-        pos, seg = start, 1
-        while pos < length:
-            end = pos
-            while end < length and answers[end] < 0:  # the question before the answer
-                end += 1
-            if end == length:
-                break
-            number = answers[end]
-            while end < length and answers[end] == number:
-                end += 1
-            segment[pos:end] = seg
-            alone[pos:end] = bool(answer_independent[number])
-            pos, seg = end, seg + 1
-        segment[pos:] = seg  # tokens after the last answer (padding): a segment of their own
+        prefix, segments = row_segments(input_ids[row], answer_index[row].tolist(), answer_independent,
+                                        image_token_id)
+        for number, (begin, end, independent) in enumerate(segments, start=1):
+            segment[begin:end] = number
+            alone[begin:end] = independent
+        end = segments[-1][1] if segments else prefix
+        segment[end:] = len(segments) + 1  # tokens after the last answer (padding): a segment of their own
         same = segment[:, None] == segment[None, :]
         ordinary = ~alone[:, None] & ~alone[None, :]
         visible = causal & (same | (segment[None, :] == 0) | ordinary) & padding_mask[row].bool()[None, :]
@@ -109,12 +126,73 @@ def segment_mask(input_ids: torch.Tensor, padding_mask: torch.Tensor, answer_ind
     return torch.stack(masks)[:, None], torch.stack(positions)
 
 
+@dataclass
+class TurnLayout:
+    """Where a batch's independent turns sit, so attention computes only what the segment mask
+    lets through (``turn_attention.py``) instead of every (query, key) pair of the row.
+
+    Flat token indices are ``row * L + position``. Turns are padded to ``Q`` tokens by repeating
+    their last token, prefixes to ``P`` by repeating their last token; ``key_mask`` hides both.
+    """
+
+    main_length: int  # every row's prefix and ordinary turns lie in positions [0, main_length): causal
+    query_index: torch.Tensor  # (T, Q) flat index of each turn's tokens
+    key_index: torch.Tensor  # (T, P + Q) its row's prefix tokens, then its own tokens
+    key_mask: torch.Tensor  # (T, 1, Q, P + Q) True = may attend: the prefix, and its own tokens causally
+    output_index: torch.Tensor  # (N * L,) per token: its row output (< N * L) or N * L + t * Q + i
+
+    def to(self, device: torch.device | str) -> "TurnLayout":
+        return TurnLayout(self.main_length, *(t.to(device) for t in (
+            self.query_index, self.key_index, self.key_mask, self.output_index)))
+
+
+def turn_layout(input_ids: torch.Tensor, answer_index: torch.Tensor, answer_independent: Sequence[bool],
+                image_token_id: int) -> TurnLayout | None:
+    """The :class:`TurnLayout` of a batch laid out as :func:`format_sequence` does (prefix, ordinary
+    turns, independent turns); None when a row has an ordinary turn after an independent one or
+    there is no independent turn (then only :func:`segment_mask` describes the batch)."""
+    n, length = input_ids.shape
+    turns, main_length = [], 1  # turns: (row, begin, end, prefix)
+    for row in range(n):
+        prefix, segments = row_segments(input_ids[row], answer_index[row].tolist(), answer_independent,
+                                        image_token_id)
+        main_end, seen_independent = prefix, False
+        for begin, end, independent in segments:
+            if independent:
+                seen_independent = True
+                turns.append((row, begin, end, prefix))
+            elif seen_independent:
+                return None
+            else:
+                main_end = end
+        main_length = max(main_length, main_end)
+    if not turns:
+        return None
+    q = max(end - begin for _, begin, end, _ in turns)
+    p = max(prefix for *_, prefix in turns)
+    query_index = torch.empty(len(turns), q, dtype=torch.long)
+    key_index = torch.empty(len(turns), p + q, dtype=torch.long)
+    key_mask = torch.zeros(len(turns), 1, q, p + q, dtype=torch.bool)
+    output_index = torch.arange(n * length)
+    offsets, causal = torch.arange(q), torch.ones(q, q, dtype=torch.bool).tril()
+    for t, (row, begin, end, prefix) in enumerate(turns):
+        size = end - begin
+        query_index[t] = row * length + begin + offsets.clamp(max=size - 1)
+        key_index[t, :p] = row * length + torch.arange(p).clamp(max=prefix - 1)
+        key_index[t, p:] = query_index[t]
+        key_mask[t, 0, :, :prefix] = True
+        key_mask[t, 0, :, p:p + size] = causal[:, :size]
+        output_index[row * length + begin:row * length + end] = n * length + t * q + offsets[:size]
+    return TurnLayout(main_length, query_index, key_index, key_mask, output_index)
+
+
 def attention_mask_for(mask: torch.Tensor, implementation: str, dtype: torch.dtype) -> torch.Tensor:
     """A boolean 4D mask in the form the language model's attention takes: boolean for SDPA,
     additive (0 / dtype minimum) for the others, which add the mask to the scores."""
-    if implementation == "sdpa":
+    if implementation in ("sdpa", TURN_ATTENTION):
         return mask
     return torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
 
 
-__all__ = ["attention_mask_for", "format_sequence", "pairs_to_turns", "segment_mask", "split_pairs"]
+__all__ = ["TURN_ATTENTION", "TurnLayout", "attention_mask_for", "format_sequence", "pairs_to_turns", "row_segments", "segment_mask",
+           "split_pairs", "turn_layout"]

@@ -27,6 +27,28 @@ def shifted_targets(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     return logits[:, :-1], labels[:, 1:]
 
 
+def compact_targets(labels: torch.Tensor, answer_index: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Only the positions that predict a learned token, as one short sequence.
+
+    Returns ``keep`` (N, L) boolean, the positions whose logits are needed (the model's
+    ``logits_to_keep``), and (1, K + 1) ``labels`` and ``answer_index`` laid out so that
+    :func:`answer_loss_sum` and :class:`AnswerAccuracy` score the (K, V) logits of those positions,
+    padded by :func:`compact_logits`, exactly as they score the full (N, L, V) logits.
+    """
+    learned = labels[:, 1:] != IGNORE_INDEX  # (N, L - 1): position t predicts token t + 1
+    keep = torch.nn.functional.pad(learned, (0, 1))
+    start = labels.new_full((1,), IGNORE_INDEX)
+    compact_labels = torch.cat([start, labels[:, 1:][learned]])[None]
+    compact_answers = torch.cat([answer_index.new_full((1,), -1), answer_index[:, 1:][learned]])[None]
+    return keep, compact_labels, compact_answers
+
+
+def compact_logits(logits: torch.Tensor) -> torch.Tensor:
+    """(K, V) logits of :func:`compact_targets`' positions -> (1, K + 1, V) (a last, unscored position)."""
+    return torch.cat([logits, logits.new_zeros(1, logits.shape[-1])])[None]
+
+
 def answer_loss_sum(logits: torch.Tensor, labels: torch.Tensor, answer_index: torch.Tensor | None = None,
                     average_answers: bool = False, answer_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Summed next-token cross-entropy over learned tokens (fp32); divide by the token count.
@@ -165,4 +187,5 @@ class MetricsWriter:
             self.tensorboard.flush()
 
 
-__all__ = ["AnswerAccuracy", "MetricsWriter", "StepLog", "answer_loss_sum", "shifted_targets"]
+__all__ = ["AnswerAccuracy", "MetricsWriter", "StepLog", "answer_loss_sum", "compact_logits", "compact_targets",
+           "shifted_targets"]

@@ -49,12 +49,13 @@ from .builders import (
 from .config import TrainingConfig
 from .data import Batch, load_samples, stream_samples
 from .existence_pointer import existence_pointers
-from .independent_turns import attention_mask_for
+from .independent_turns import TURN_ATTENTION, attention_mask_for
 from .lora import load_lora_state, merged_state_dict, save_lora_state
-from .metrics import AnswerAccuracy, MetricsWriter, StepLog, answer_loss_sum
+from .metrics import AnswerAccuracy, MetricsWriter, StepLog, answer_loss_sum, compact_logits, compact_targets
 from .rec_pointer import AttentionInputCapture, PointerLoss, digit_tokens, pointer_loss, rec_pointers
 from .region_aux import RegionAuxiliaryHeads
 from .region_pretrain import pretrain_region_path
+from .turn_attention import use_turn_attention
 
 STATE_VERSION = 1
 POINTER_TASKS = ("rec", "existence")  # train.<task>_pointer_weight: attention supervision of that task's answers
@@ -149,6 +150,8 @@ class TrainingRecipe:
         self.trainable = configure_trainable(self.model, cfg.train)
         if resume_from is not None and cfg.train.lora is not None:
             load_lora_state(self.model, resume_from / ckpt.LORA_FILE)
+        if cfg.data.independent_tasks and self.model.config.text_config._attn_implementation == "sdpa":
+            use_turn_attention(self.model.model.language_model)  # same results, without the masked-out work
         self.model.to(self.device)
         if cfg.train.activation_checkpointing:
             distributed.apply_activation_checkpointing(self.model)
@@ -374,7 +377,7 @@ class TrainingRecipe:
         mask = inputs.get("attention_mask")
         if mask is not None and mask.dim() == 4:
             implementation = self.model.config.text_config._attn_implementation
-            if implementation not in ("sdpa", "eager"):
+            if implementation not in ("sdpa", "eager", TURN_ATTENTION):
                 raise InvalidInputError(
                     f"data.independent_tasks needs SDPA or eager attention (a per-token attention mask); the "
                     f"language model uses {implementation!r}: load it with attn_implementation='sdpa'")
@@ -411,10 +414,12 @@ class TrainingRecipe:
                     continue
                 b, weight = self._stand_in(), 0.0  # every rank must join each forward and backward
             b.to(self.device)
-            labels = b.inputs["labels"]
+            # logits only where a learned token is predicted: the output head and loss skip the rest
+            keep, labels, answer_index = compact_targets(b.inputs["labels"], b.answer_index)
             with distributed.gradient_sync(self.wrapped, self.dist, sync=i == len(micro) - 1):
                 with self._autocast():
                     inputs = self._model_inputs(b)
+                    inputs["logits_to_keep"] = keep
                     vision = None
                     if self.region_aux is not None and self.region_aux.segmentation is not None \
                             and inputs.get("pixel_values") is not None:
@@ -423,8 +428,8 @@ class TrainingRecipe:
                         inputs["vision_features"] = vision
                     # no KV cache in training (activation checkpointing recomputes layers; a cache would grow)
                     outputs = self.wrapped(**inputs, use_cache=False)
-                    logits = outputs.logits
-                loss = answer_loss_sum(logits, labels, b.answer_index, per_answer, self._answer_weights(b))
+                    logits = compact_logits(outputs.logits)  # (1, K + 1, V)
+                loss = answer_loss_sum(logits, labels, answer_index, per_answer, self._answer_weights(b))
                 total = loss * (weight * scale)
                 if self.region_aux is not None and outputs.region_embeds is not None:
                     aux = self.region_aux.loss(outputs.region_embeds, b.region_labels)
@@ -451,7 +456,7 @@ class TrainingRecipe:
                 self._last_batch = b
                 loss_sum += float(loss.detach())
                 tokens += b.tokens
-                accuracy.update(logits.detach(), labels, b.answer_index, b.answer_tasks)
+                accuracy.update(logits.detach(), labels, answer_index, b.answer_tasks)
         params = [p for p in self.model.parameters() if p.requires_grad]
         if n_tokens:
             max_norm = self.config.optim.max_grad_norm

@@ -1,0 +1,67 @@
+"""Attention for batches with independent turns, computing only what their mask lets through.
+
+With ``data.independent_tasks`` a row holds the image prefix, one ordinary conversation and then
+turns that each see only the prefix and themselves (``independent_turns.py``). SDPA with that
+(N, 1, L, L) mask scores every (query, key) pair of the row, most of them masked: in the demo
+recipe's REC/yes-no phase attention was ~40% of a training step. Here the prefix and ordinary
+turns go through causal SDPA over the first ``main_length`` tokens, and the independent turns
+through one small batched SDPA over (turn tokens) x (prefix + turn tokens), then each token's
+output is picked from the two. The result equals SDPA with the mask (tested) on every token that
+belongs to the prefix or an answer's segment; padding after the last answer gets zeros.
+
+The function is registered with transformers' ``AttentionInterface`` under
+:data:`TURN_ATTENTION` (the library's extension point for attention functions) and used only
+when a forward call passes ``turn_layout=``; without it, it is transformers' SDPA.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+from .independent_turns import TURN_ATTENTION, TurnLayout
+
+
+def turn_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                           attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                           turn_layout: TurnLayout | None = None, **kwargs) -> tuple[torch.Tensor, None]:
+    """(N, L, H, D) attention output; query (N, H, L, D), key and value (N, H_kv, L, D)."""
+    if turn_layout is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    groups = getattr(module, "num_key_value_groups", 1)
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    n, heads, length, dim = query.shape
+    m = turn_layout.main_length
+    main = F.scaled_dot_product_attention(query[:, :, :m], key[:, :, :m], value[:, :, :m], is_causal=True,
+                                          dropout_p=dropout, scale=scaling)  # (N, H, M, D)
+    main = F.pad(main, (0, 0, 0, length - m)).transpose(1, 2).reshape(n * length, heads, dim)
+
+    def flat(x: torch.Tensor) -> torch.Tensor:  # (N, H, L, D) -> (N * L, H, D)
+        return x.transpose(1, 2).reshape(n * length, heads, dim)
+
+    turn_query = flat(query)[turn_layout.query_index].transpose(1, 2)  # (T, H, Q, D)
+    turn_key = flat(key)[turn_layout.key_index].transpose(1, 2)  # (T, H, P + Q, D)
+    turn_value = flat(value)[turn_layout.key_index].transpose(1, 2)
+    turns = F.scaled_dot_product_attention(turn_query, turn_key, turn_value, attn_mask=turn_layout.key_mask,
+                                           dropout_p=dropout, scale=scaling)  # (T, H, Q, D)
+    turns = turns.transpose(1, 2).reshape(-1, heads, dim)
+    output = torch.cat([main, turns])[turn_layout.output_index]  # (N * L, H, D)
+    return output.view(n, length, heads, dim), None
+
+
+def use_turn_attention(language_model) -> None:
+    """Make ``language_model`` (a transformers model using SDPA) use :func:`turn_attention_forward`.
+
+    Registering is idempotent; the setting is not saved with the model (transformers keeps the
+    attention implementation out of ``config.json``), so checkpoints load with SDPA.
+    """
+    AttentionInterface.register(TURN_ATTENTION, turn_attention_forward)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(TURN_ATTENTION, sdpa_mask)  # masks are built as for SDPA
+    language_model.set_attn_implementation(TURN_ATTENTION)
+
+
+__all__ = ["TURN_ATTENTION", "turn_attention_forward", "use_turn_attention"]
