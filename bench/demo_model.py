@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"classification": 0.95, "brief": 0.80, "rec": 0.90, "existence": 0.90}  # issue: the built-in model
 ASSET = ROOT / "src" / "regiongpt" / "assets" / "demo-model"
 REC_ANSWERS = "direct"  # the world's REC answer style (bench/demo_model.md, "Sixth round")
-REC_PER_IMAGE = 4  # REC questions a training conversation (bench/demo_model.md, "Seventh round")
+REC_PER_IMAGE = 6  # REC questions a training conversation (bench/demo_model.md, "Eleventh round")
 
 
 def run(command: list[str]) -> float:

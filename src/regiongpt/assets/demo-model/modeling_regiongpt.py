@@ -350,6 +350,8 @@ class RegionGPTForConditionalGeneration(RegionGPTPreTrainedModel, GenerationMixi
         region_image_index: (R,) index of each region's image in ``pixel_values``.
         region_token_index: (P,) region index of each `<region>` placeholder, in row-major order.
         labels: (N, L) target ids, -100 where no loss is taken.
+        logits_to_keep: the last ``n`` positions (int > 0), positions (1D index tensor), or an (N, L)
+            boolean tensor: then ``logits`` is (K, V), the True positions in row-major order.
         """
         if "past_key_values" in kwargs:  # the pre-5.24 name
             cache = kwargs.pop("past_key_values")
@@ -370,6 +372,8 @@ class RegionGPTForConditionalGeneration(RegionGPTPreTrainedModel, GenerationMixi
         hidden_states = outputs[0]
         if isinstance(logits_to_keep, int) and logits_to_keep > 0:
             hidden_states = hidden_states[:, -logits_to_keep:]
+        elif isinstance(logits_to_keep, torch.Tensor) and logits_to_keep.dtype == torch.bool:
+            hidden_states = hidden_states[logits_to_keep]  # (K, D): training scores only answer positions
         elif isinstance(logits_to_keep, torch.Tensor):
             hidden_states = hidden_states[:, logits_to_keep]
         logits = self.lm_head(hidden_states)
