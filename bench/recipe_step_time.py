@@ -1,0 +1,73 @@
+"""Seconds per training step of the recipe on real batches (CPU profiling aid).
+
+    python bench/recipe_step_time.py runs/demo-build/world [--attention turns|sdpa] [--steps 12]
+        [--profile] [key=value config overrides]
+
+Builds the recipe from ``configs/demo.yaml`` (or ``--config``) on the world's native files,
+without region pretraining and with every task from step 0 (the recipe's slowest phase), and
+times ``TrainingRecipe.train_step`` over ``--steps`` batches after two warm-up steps.
+``--attention sdpa`` switches the language model back from turn attention
+(``training/turn_attention.py``) to SDPA with the dense independent-turn mask, for comparison;
+``--profile`` prints a torch.profiler table of three more steps. bench/demo_model.md ("Twelfth
+round") has the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+
+import torch
+
+from regiongpt.training.builders import build_train_loader
+from regiongpt.training.config import load_config
+from regiongpt.training.recipe import TrainingRecipe
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("world", help="a `regiongpt synth` folder (its native/train.jsonl and val.jsonl)")
+    parser.add_argument("overrides", nargs="*", help="config overrides, key=value")
+    parser.add_argument("--config", default="configs/demo.yaml")
+    parser.add_argument("--attention", choices=["turns", "sdpa"], default="turns")
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_intermixed_args(argv)
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as out:
+        config = load_config(args.config, [
+            f"data.train=native:{args.world}/native/train.jsonl", f"data.val=native:{args.world}/native/val.jsonl",
+            f"train.output_dir={out}", "train.region_pretrain_steps=0", "train.progress=false", "eval.every_steps=0",
+            "data.task_schedule=[]", *args.overrides])
+        recipe = TrainingRecipe(config)
+        recipe.setup()
+        if args.attention == "sdpa":
+            recipe.model.model.language_model.set_attn_implementation("sdpa")
+        batches = iter(build_train_loader(recipe.train_dataset, recipe.processor, config, 0, args.steps + 5, 0, 1))
+        recipe.model.train()
+        seconds, tokens = [], []
+        for step in range(args.steps + 2):
+            batch = next(batches)
+            started = time.perf_counter()
+            recipe.train_step([batch])
+            if step >= 2:  # warm-up: first allocations
+                seconds.append(time.perf_counter() - started)
+                tokens.append(batch.inputs["input_ids"].numel())
+        print(json.dumps({"attention": args.attention, "steps": len(seconds),
+                          "seconds_per_step": round(sum(seconds) / len(seconds), 3),
+                          "padded_tokens_per_step": sum(tokens) // len(tokens)}))
+        if args.profile:
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(3):
+                    recipe.train_step([next(batches)])
+            print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=25))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
