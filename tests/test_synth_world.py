@@ -372,3 +372,64 @@ def test_training_existence_questions_cannot_be_answered_from_their_text(draw):
     for key, counts in answers.items():
         share = counts[True] / (counts[True] + counts[False])
         assert 0.3 <= share <= 0.7, (key, counts)
+
+
+def test_referring_rec_phrases_ask_both_expressions_and_favour_shared_categories(draw):
+    """``rec_phrases="referring"``: each phrase is one of its object's referring expressions, as
+    many questions as the "first" style, more of them second expressions and about objects that
+    share their category."""
+    import random
+
+    from regiongpt.data.synth.conversation import build_conversation
+
+    counts, shared_share, second_share = {}, {}, {}
+    for style in ("first", "referring"):
+        rng = random.Random(0)
+        asked = shared = second = 0
+        for scene in draw[:200]:
+            conversation = build_conversation(scene, rng, rec_per_image=4, rec_phrases=style)
+            for human, answer in zip(conversation[0::2], conversation[1::2]):
+                if human["task"] != "rec" or answer["value"] == NO_MATCH_ANSWER:
+                    continue
+                phrase, k = human["value"].split("'")[1], parse_rec_answer(answer["value"])
+                assert phrase in scene.objects[k].referring, (style, phrase)
+                asked += 1
+                second += phrase != scene.objects[k].referring[0]
+                category = scene.objects[k].category
+                shared += sum(o.category == category for o in scene.objects) > 1
+        counts[style], shared_share[style], second_share[style] = asked, shared / asked, second / asked
+    assert abs(counts["referring"] - counts["first"]) <= 0.1 * counts["first"]  # the same number of questions
+    assert shared_share["referring"] > shared_share["first"] + 0.05
+    assert second_share["first"] == 0 and second_share["referring"] > 0.3
+    with pytest.raises(ValueError, match="rec_phrases"):
+        build_conversation(draw[0], random.Random(0), rec_phrases="longest")
+
+
+def test_no_match_rec_questions_cannot_be_told_from_their_wording(draw):
+    """No-match REC phrases have the form of the positives (the same attributes named), so a colour
+    word is no sign of "No corresponding options found."; each matches nothing in its scene."""
+    import random
+
+    from regiongpt.data.synth.conversation import REC_NEGATIVE_PROBABILITY, absent_like, build_conversation
+
+    rng = random.Random(1)
+    by_form: dict[tuple, Counter] = {}
+    for scene in draw:
+        conversation = build_conversation(scene, rng, rec_per_image=6)
+        for human, answer in zip(conversation[0::2], conversation[1::2]):
+            if human["task"] != "rec":
+                continue
+            words = human["value"].split("'")[1].split()
+            form = (any(w in COLOUR_NAMES for w in words), len(words))  # (names a colour, length)
+            by_form.setdefault(form, Counter())[answer["value"] == NO_MATCH_ANSWER] += 1
+    for form, counts in by_form.items():
+        if sum(counts.values()) >= 200:
+            assert counts[True] / sum(counts.values()) < 2.5 * REC_NEGATIVE_PROBABILITY, (form, counts)
+    named = ("size", "colour", "texture")
+    for scene in draw[:100]:
+        for obj in scene.objects:
+            for like in obj.referring_forms:
+                phrase = absent_like(scene, rng, like)
+                assert not resolve(scene, phrase) and not phrase.relation and not phrase.extreme
+                same_form = [getattr(phrase, a) is None for a in named] == [getattr(like, a) is None for a in named]
+                assert same_form or (phrase.colour and not phrase.size and not phrase.texture)  # the fallback

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from regiongpt.data.synth.conversation import REC_PHRASE_STYLES
 from regiongpt.processing.instructions import REC_ANSWER_STYLES
 
 DESCRIPTION = """Generate the synthetic region-understanding world: PNG scenes of 1-8 shapes
@@ -36,6 +37,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--existence-per-image", type=_count_or_all, default=1, metavar="N|all",
                         help="yes/no existence questions per native conversation: N present and N absent; "
                              "'all': every category, and each present one in its colour and in another")
+    parser.add_argument("--rec-phrases", choices=REC_PHRASE_STYLES, default="first",
+                        help="how native REC questions pick their phrases: 'first' (each asked object by its first "
+                             "referring expression) or 'referring' (by either of its two referring expressions, "
+                             "objects that share their category asked 3x as often)")
     parser.add_argument("--rec-answers", choices=REC_ANSWER_STYLES, default="direct",
                         help="how native conversations answer REC questions: 'direct' (\"Region [2]\", the paper's "
                              "form) or 'checked' (each candidate's brief caption and yes/no before the choice, "
@@ -73,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         rec_per_image=args.rec_per_image,
         existence_per_image=args.existence_per_image,
         rec_answers=args.rec_answers,
+        rec_phrases=args.rec_phrases,
     )
     print(
         f"wrote {meta['images']} images ({meta['splits']['train']} train, {meta['splits']['val']} val), "

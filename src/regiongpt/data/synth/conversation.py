@@ -15,7 +15,7 @@ from typing import Any
 from regiongpt.data.native import NativeRegion, NativeSample
 from regiongpt.data.synth.annotate import RefPhrase, present_pairs, resolve, training_existence_phrases
 from regiongpt.data.synth.scene import Scene
-from regiongpt.data.synth.world import CATEGORIES, COLOUR_NAMES
+from regiongpt.data.synth.world import CATEGORIES, COLOUR_NAMES, SIZES, TEXTURES
 from regiongpt.processing.instructions import (
     REC_ANSWER_STYLES, build_instruction, rec_answer, rec_checked_answer, region_ref,
 )
@@ -28,6 +28,16 @@ DETAILED_PER_IMAGE = 2
 REC_PER_IMAGE = 2
 REC_NEGATIVE_PROBABILITY = 0.1
 RELATIONS_PER_IMAGE = 2
+# How training REC questions pick their phrases (``rec_phrases``): "first" asks each chosen object
+# by its first (shortest) referring expression; "referring" by either of its two referring
+# expressions (the ones the refer layout holds, i.e. what the REC benchmark asks), choosing objects
+# that share their category with another REC_SHARED_WEIGHT times as often: a lone category is found
+# by its name, and only the others teach matching colour, texture and size (bench/demo_model.md).
+REC_PHRASE_STYLES = ("first", "referring")
+REC_SHARED_WEIGHT = 3.0
+# A no-match REC question keeps its object's category this often (with other attribute values),
+# so that rejecting it takes checking the attributes, not just the category.
+REC_NEGATIVE_SAME_CATEGORY = 0.5
 
 
 def region_attributes(scene: Scene, index: int, ann_ids: Sequence[int]) -> dict[str, Any]:
@@ -60,8 +70,20 @@ def relation_sentence(scene: Scene, i: int, j: int) -> str:
     return f"{rec_answer(i)} is {how} {rec_answer(j)}."
 
 
-def _absent_phrase(scene: Scene, rng: random.Random) -> RefPhrase:
-    """A colour+category phrase that matches no object of the scene (for REC negatives)."""
+def absent_like(scene: Scene, rng: random.Random, like: RefPhrase, tries: int = 100) -> RefPhrase:
+    """A phrase of the same form as ``like`` (the same attributes named; no relation or extreme)
+    that matches no object of the scene: the answer "No corresponding options found." must then
+    come from the candidates, not from the wording. With REC_NEGATIVE_SAME_CATEGORY it keeps
+    ``like``'s category; falls back to an absent colour + category when no such phrase turns up.
+    """
+    for _ in range(tries):
+        category = like.category if rng.random() < REC_NEGATIVE_SAME_CATEGORY else rng.choice(CATEGORIES)
+        phrase = RefPhrase(category=category,
+                           size=rng.choice(SIZES) if like.size else None,
+                           colour=rng.choice(COLOUR_NAMES) if like.colour else None,
+                           texture=rng.choice(TEXTURES) if like.texture else None)
+        if not resolve(scene, phrase):
+            return phrase
     while True:
         phrase = RefPhrase(category=rng.choice(CATEGORIES), colour=rng.choice(COLOUR_NAMES))
         if not resolve(scene, phrase):
@@ -73,11 +95,41 @@ def _named(pairs: Sequence[tuple[str, str]], category: str, colour: str | None =
     return [k for k, (c, cat) in enumerate(pairs) if cat == category and colour in (None, c)]
 
 
+def rec_questions(scene: Scene, rng: random.Random, count: int, style: str = "first") -> list[tuple[int, RefPhrase]]:
+    """(object index, referring phrase) of ``min(count, referable objects)`` REC questions.
+
+    ``style`` "first": distinct objects, each by its first referring expression. "referring":
+    distinct (object, expression) pairs, an object weighing REC_SHARED_WEIGHT when another object
+    has its category, split evenly over its expressions (an object may then be asked twice). Both
+    ask as many questions, so they cost the same to train.
+    """
+    if style not in REC_PHRASE_STYLES:
+        raise ValueError(f"rec_phrases must be one of {', '.join(REC_PHRASE_STYLES)}, got {style!r}")
+    referable = [k for k, obj in enumerate(scene.objects) if obj.referring_forms]
+    count = min(count, len(referable))
+    if style == "first":
+        return [(k, scene.objects[k].referring_forms[0]) for k in rng.sample(referable, count)]
+    pool, weights = [], []
+    for k in referable:
+        obj = scene.objects[k]
+        shared = any(j != k and other.category == obj.category for j, other in enumerate(scene.objects))
+        pool += [(k, form) for form in obj.referring_forms]
+        weights += [(REC_SHARED_WEIGHT if shared else 1.0) / len(obj.referring_forms)] * len(obj.referring_forms)
+    asked = []
+    while pool and len(asked) < count:  # weighted draws without replacement
+        pick = rng.choices(range(len(pool)), weights=weights)[0]
+        asked.append(pool.pop(pick))
+        weights.pop(pick)
+    return asked
+
+
 def build_conversation(scene: Scene, rng: random.Random, rec_per_image: int | None = REC_PER_IMAGE,
-                       existence_per_image: int | None = 1, rec_answers: str = "direct") -> list[dict[str, Any]]:
+                       existence_per_image: int | None = 1, rec_answers: str = "direct",
+                       rec_phrases: str = "first") -> list[dict[str, Any]]:
     """One shuffled multi-turn conversation covering every region of the scene.
 
-    ``rec_per_image``: REC questions (None: one per referring expression of every region);
+    ``rec_per_image``: REC questions (None: one per referring expression of every region), their
+    phrases chosen as ``rec_phrases`` says (:func:`rec_questions`);
     ``rec_answers``: "direct" ("Region [2]", the paper's form) or "checked" (each candidate's
     brief caption and a yes/no before the choice, :func:`rec_checked_answer`);
     ``existence_per_image``: present and as many absent things asked about (None: every
@@ -95,15 +147,15 @@ def build_conversation(scene: Scene, rng: random.Random, rec_per_image: int | No
         qa.append(("brief", build_instruction("brief", region=k, rng=rng), obj.brief))
     for k in rng.sample(range(n), min(n, DETAILED_PER_IMAGE)):
         qa.append(("detailed", build_instruction("detailed", region=k, rng=rng), scene.objects[k].detailed))
-    referable = [k for k in range(n) if scene.objects[k].referring]
     if rec_per_image is None:
-        asked = [(k, phrase) for k in referable for phrase in scene.objects[k].referring]
+        asked = [(k, form) for k in range(n) for form in scene.objects[k].referring_forms]
     else:
-        asked = [(k, scene.objects[k].referring[0]) for k in rng.sample(referable, min(len(referable), rec_per_image))]
-    for k, phrase in asked:
+        asked = rec_questions(scene, rng, rec_per_image, rec_phrases)
+    for k, form in asked:
         target: int | None = k
         if rng.random() < REC_NEGATIVE_PROBABILITY:
-            phrase, target = _absent_phrase(scene, rng).text(), None
+            form, target = absent_like(scene, rng, form), None
+        phrase = form.text()
         if rec_answers == "checked":
             answer = rec_checked_answer([obj.brief for obj in scene.objects], target)
         else:
@@ -152,6 +204,7 @@ def native_sample(
     rec_per_image: int | None = REC_PER_IMAGE,
     existence_per_image: int | None = 1,
     rec_answers: str = "direct",
+    rec_phrases: str = "first",
 ) -> NativeSample:
     """The native sample of a scene: every object as a region (in depth order) plus its conversation.
 
@@ -174,7 +227,7 @@ def native_sample(
         width=scene.width,
         height=scene.height,
         regions=regions,
-        conversations=build_conversation(scene, rng, rec_per_image, existence_per_image, rec_answers),
+        conversations=build_conversation(scene, rng, rec_per_image, existence_per_image, rec_answers, rec_phrases),
         source="synth",
         split=split,
     )

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from regiongpt.data.files import atomic_write_bytes
 from regiongpt.data.native import write_native_jsonl
 from regiongpt.data.synth.annotate import existence_negatives, existence_positives, present_pairs
-from regiongpt.data.synth.conversation import REC_PER_IMAGE, native_sample
+from regiongpt.data.synth.conversation import REC_PER_IMAGE, REC_PHRASE_STYLES, native_sample
 from regiongpt.data.synth.gallery import render_gallery
 from regiongpt.data.synth.generate import DEFAULT_HEIGHT, DEFAULT_WIDTH, generate_scene, scene_rng, text_rng
 from regiongpt.data.synth.scene import Scene
@@ -123,7 +123,7 @@ class _Collected:
 
 def _collect_scene(store: _Collected, scene: Scene, index: int, file_name: str, split: str, ref_split: str, seed: int,
                    rec_per_image: int | None = REC_PER_IMAGE, existence_per_image: int | None = 1,
-                   rec_answers: str = "direct") -> None:
+                   rec_answers: str = "direct", rec_phrases: str = "first") -> None:
     image_id = index + 1
     first_ann = len(store.coco_annotations) + 1
     ann_ids = [first_ann + k for k in range(len(scene.objects))]
@@ -165,6 +165,7 @@ def _collect_scene(store: _Collected, scene: Scene, index: int, file_name: str, 
     sample = native_sample(
         scene, f"synth-{split}-{image_id:06d}", f"../images/{file_name}", split, ann_ids, text_rng(seed, index), masks=rles,
         rec_per_image=rec_per_image, existence_per_image=existence_per_image, rec_answers=rec_answers,
+        rec_phrases=rec_phrases,
     )
     store.native[split].append(sample)
     store.pope_images.append((split != "train", file_name, present_pairs(scene)))
@@ -228,13 +229,15 @@ def write_world(
     rec_per_image: int | None = REC_PER_IMAGE,
     existence_per_image: int | None = 1,
     rec_answers: str = "direct",
+    rec_phrases: str = "first",
 ) -> dict[str, Any]:
     """Generate ``images`` scenes and write every format to ``out``; returns the meta dict.
 
     ``rec_per_image`` / ``existence_per_image`` set how many REC and existence questions each
-    native conversation asks (None: all of them, see ``build_conversation``), and
-    ``rec_answers`` how REC questions are answered there ("direct" or "checked"); the other
-    formats do not depend on them.
+    native conversation asks (None: all of them, see ``build_conversation``), ``rec_phrases``
+    how REC questions pick their phrases ("first" or "referring", ``rec_questions``) and
+    ``rec_answers`` how they are answered there ("direct" or "checked"); the other formats
+    (the refer layout's expressions included) do not depend on them.
 
     Raises :class:`InvalidInputError` for bad arguments (N < 1, unwritable or non-empty ``out``
     without ``overwrite``, sizes out of range, a validation fraction outside [0, 1)).
@@ -245,6 +248,8 @@ def write_world(
             raise InvalidInputError(f"{name} must be a count >= 0 or None (all), got {value!r}")
     if rec_answers not in REC_ANSWER_STYLES:
         raise InvalidInputError(f"rec_answers must be one of {', '.join(REC_ANSWER_STYLES)}, got {rec_answers!r}")
+    if rec_phrases not in REC_PHRASE_STYLES:
+        raise InvalidInputError(f"rec_phrases must be one of {', '.join(REC_PHRASE_STYLES)}, got {rec_phrases!r}")
     check_arguments(out, images, seed, width, height, val_fraction, overwrite)
     if overwrite:
         _clear_previous(out)
@@ -263,7 +268,7 @@ def write_world(
             ref_split = "val" if n_val_seen % 2 == 0 else "test"
             n_val_seen += 1
         _collect_scene(store, scene, index, file_name, split, ref_split, seed, rec_per_image, existence_per_image,
-                       rec_answers)
+                       rec_answers, rec_phrases)
         if len(store.gallery) < GALLERY_SCENES:
             store.gallery.append(scene)
 
@@ -305,6 +310,7 @@ def write_world(
         "rec_per_image": "all" if rec_per_image is None else rec_per_image,
         "existence_per_image": "all" if existence_per_image is None else existence_per_image,
         "rec_answers": rec_answers,
+        "rec_phrases": rec_phrases,
         "splits": {split: len(samples) for split, samples in store.native.items()},
         "ref_splits": dict(sorted(Counter(r["split"] for r in store.refs).items())),
         "annotations": len(store.coco_annotations),
