@@ -41,3 +41,21 @@ def test_head_learns_the_cells_and_skips_unknown_categories():
     assert loss.item() < first / 5
     predicted = head(region_maps).argmax(1)
     assert predicted[0, 0, 0] == 1 and predicted[1, 3, 3] == 0 and predicted[1, 0, 3] == 2  # star, circle, background
+
+
+def test_cover_gives_each_cell_the_share_each_category_covers():
+    from regiongpt.training.segmentation import segmentation_cover
+
+    masks = torch.zeros(3, 8, 8)
+    masks[0, :2, :2] = 1  # image 0: a small object, a quarter of the top-left cell
+    masks[1, :4, 4:] = 1  # image 0: the whole top-right cell
+    masks[2, 4:, :4] = 0.5  # image 1: a soft mask, half of the bottom-left cell
+    cover = segmentation_cover(masks, torch.tensor([0, 0, 1]), torch.tensor([1, 0, 1]), 2, 2, n_classes=2)
+    assert cover.shape == (2, 3, 2, 2)
+    assert torch.allclose(cover.sum(1), torch.ones(2, 2, 2))
+    assert cover[0, :, 0, 0].tolist() == [0.0, 0.25, 0.75]  # a small object keeps its share: not background
+    assert cover[0, :, 0, 1].tolist() == [1.0, 0.0, 0.0]
+    assert cover[1, :, 1, 0].tolist() == [0.0, 0.5, 0.5]
+    assert cover[1, :, 0, 0].tolist() == [0.0, 0.0, 1.0]
+    overlapping = segmentation_cover(torch.ones(2, 4, 4), torch.tensor([0, 0]), torch.tensor([0, 1]), 1, 1, 2)
+    assert torch.allclose(overlapping[0, :, 0, 0], torch.tensor([0.5, 0.5, 0.0]))  # clipped to the whole cell

@@ -7,7 +7,9 @@ recognise shapes: probes on the built-in model's image tokens found objectness, 
 (bench/demo_model.md, "Eighth round"), and yes/no stayed at the prior. Image-level labels
 (which categories are in the picture) did not teach a small tower anything in 800 steps;
 a dense target does: each cell of the refined map (the map regions are pooled from) is told
-the category of the object covering most of it, or background, through a 1x1 convolution.
+which share of it each category covers (the rest: background), through a 1x1 convolution. Soft
+shares rather than the majority category keep a small object's cells in the target: on its
+own the demo tower then recognised small objects 0.33 of the time against 0.28 (bench/demo_model.md).
 
 The head is a training device, like the region-pretraining heads: it lives in the run, never
 in the exported model.
@@ -41,6 +43,22 @@ def segmentation_targets(region_masks: torch.Tensor, region_image_index: torch.T
     return targets
 
 
+def segmentation_cover(region_masks: torch.Tensor, region_image_index: torch.Tensor, region_classes: torch.Tensor,
+                       n_images: int, size: int, n_classes: int) -> torch.Tensor:
+    """(B, n_classes + 1, size, size): per map cell, the share of it each class covers (regions are
+    disjoint visible masks; overlaps are clipped) and, last, the background's share (the rest).
+    Arguments as :func:`segmentation_targets`."""
+    cover = torch.zeros(n_images, n_classes + 1, size, size, device=region_masks.device)
+    if region_masks.shape[0]:
+        shares = F.adaptive_avg_pool2d(region_masks.float()[:, None], size)[:, 0]  # (R, size, size)
+        flat = region_image_index.to(region_masks.device).long() * (n_classes + 1) + region_classes.to(region_masks.device)
+        cover.view(-1, size, size).index_add_(0, flat, shares)
+    objects = cover[:, :n_classes].clamp(max=1.0)
+    total = objects.sum(1, keepdim=True).clamp(min=1.0)  # more than the whole cell: rescale to it
+    objects = objects / total
+    return torch.cat([objects, 1.0 - objects.sum(1, keepdim=True)], 1)
+
+
 class SegmentationHead(nn.Module):
     """A 1x1 convolution from the (B, C, h, w) refined map to the category classes + background.
 
@@ -64,13 +82,14 @@ class SegmentationHead(nn.Module):
 
     def loss(self, region_maps: torch.Tensor, region_masks: torch.Tensor, region_image_index: torch.Tensor,
              categories: Sequence[str | None]) -> torch.Tensor:
-        """Weighted cross-entropy of every map cell against the category covering it. Regions whose
-        category is None or unknown to the head are left out of the targets."""
+        """Weighted cross-entropy of every map cell against the shares of it the categories cover
+        (:func:`segmentation_cover`). Regions whose category is None or unknown to the head are
+        left out of the targets."""
         known = [i for i, name in enumerate(categories) if name in self.index]
         rows = torch.tensor(known, dtype=torch.long, device=region_masks.device)
         classes = torch.tensor([self.index[categories[i]] for i in known], dtype=torch.long)
-        targets = segmentation_targets(region_masks[rows], region_image_index[rows], classes, region_maps.shape[0],
-                                       region_maps.shape[-1], self.background)
+        targets = segmentation_cover(region_masks[rows], region_image_index[rows], classes, region_maps.shape[0],
+                                     region_maps.shape[-1], self.background)
         return F.cross_entropy(self(region_maps), targets, weight=self.class_weight)
 
     @staticmethod
@@ -79,4 +98,4 @@ class SegmentationHead(nn.Module):
         return [r.get("category") for r in records]
 
 
-__all__ = ["SegmentationHead", "segmentation_targets"]
+__all__ = ["SegmentationHead", "segmentation_cover", "segmentation_targets"]
