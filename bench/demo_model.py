@@ -9,7 +9,8 @@ Steps (each a real `regiongpt` command, so this is what a user can rerun):
 3. name the world's label set in the checkpoint's processor (classification prompts use it);
 4. `regiongpt eval synth` on the held-out images: region classification, brief-caption exact
    match, REC with candidate regions and yes/no existence, overall and per difficulty tag;
-5. export to src/regiongpt/assets/demo-model (safetensors) and write bench/demo_model.md.
+5. export to src/regiongpt/assets/demo-model (safetensors) and write bench/demo_model_results.md
+   (with --no-export: nothing is replaced, and the record goes to WORKDIR/results.md).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ TARGETS = {"classification": 0.95, "brief": 0.80, "rec": 0.90, "existence": 0.90
 ASSET = ROOT / "src" / "regiongpt" / "assets" / "demo-model"
 REC_ANSWERS = "direct"  # the world's REC answer style (bench/demo_model.md, "Sixth round")
 REC_PER_IMAGE = 6  # REC questions a training conversation (bench/demo_model.md, "Eleventh round")
+REC_PHRASES = "first"  # how the world's REC questions pick their phrases (`regiongpt synth --rec-phrases`)
+EXISTENCE_PER_IMAGE = 1  # yes/no questions a training conversation: this many present, as many absent
 
 
 def run(command: list[str]) -> float:
@@ -65,6 +68,11 @@ def main() -> int:
                         help="how the world's conversations answer REC questions (`regiongpt synth --rec-answers`)")
     parser.add_argument("--rec-per-image", type=lambda v: v if v == "all" else int(v), default=REC_PER_IMAGE,
                         help="REC questions per training conversation (`regiongpt synth --rec-per-image`)")
+    parser.add_argument("--rec-phrases", choices=("first", "referring"), default=REC_PHRASES,
+                        help="how the world's REC questions pick their phrases (`regiongpt synth --rec-phrases`)")
+    parser.add_argument("--existence-per-image", type=int, default=EXISTENCE_PER_IMAGE,
+                        help="present (and as many absent) things a training conversation asks about "
+                             "(`regiongpt synth --existence-per-image`)")
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "demo-build")
     parser.add_argument("--no-export", action="store_true", help="do not replace the shipped model")
     parser.add_argument("--skip-train", action="store_true",
@@ -75,15 +83,18 @@ def main() -> int:
     world, run_dir, eval_dir = args.workdir / "world", args.workdir / "run", args.workdir / "eval"
     times = {}
     wanted = {"images": args.images, "seed": args.seed, "rec_answers": args.rec_answers,
-              "rec_per_image": args.rec_per_image}
-    meta = {"rec_answers": "direct", "rec_per_image": 2}  # worlds written before these options existed
+              "rec_per_image": args.rec_per_image, "rec_phrases": args.rec_phrases,
+              "existence_per_image": args.existence_per_image}
+    # worlds written before these options existed
+    meta = {"rec_answers": "direct", "rec_per_image": 2, "rec_phrases": "first", "existence_per_image": 1}
     if (world / "meta.json").exists():
         meta.update(json.loads((world / "meta.json").read_text()))
     if {k: meta.get(k) for k in wanted} != wanted:
         times["synth_s"] = run(cli + ["synth", str(world), "--images", str(args.images), "--seed", str(args.seed),
                                       "--val-fraction", str(args.val_images / args.images),
                                       "--rec-answers", args.rec_answers, "--rec-per-image", str(args.rec_per_image),
-                                      "--quiet", "--overwrite"])
+                                      "--rec-phrases", args.rec_phrases,
+                                      "--existence-per-image", str(args.existence_per_image), "--quiet", "--overwrite"])
     train_command = cli + ["train", "configs/demo.yaml", f"data.train=native:{world}/native/train.jsonl",
                                  f"data.val=native:{world}/native/val.jsonl", f"train.output_dir={run_dir}",
                                  "train.progress=false", "train.log_every=50", *args.train_overrides]
@@ -129,7 +140,8 @@ def write_report(args, train_command, times, results, size_mb) -> None:
         f"({os.cpu_count()} cores), {time.strftime('%Y-%m-%d')}.",
         "",
         f"- world: {args.images} images (seed {args.seed}, REC answers {args.rec_answers}, "
-        f"{args.rec_per_image} REC questions a conversation), "
+        f"{args.rec_per_image} REC questions a conversation, REC phrases {args.rec_phrases}, "
+        f"{args.existence_per_image} present + {args.existence_per_image} absent yes/no questions), "
         f"{args.val_images} held out",
         f"- training command: `{' '.join(str(c) for c in train_command[2:])}`",
         f"- trained {times['steps']} optimiser steps"
@@ -146,7 +158,9 @@ def write_report(args, train_command, times, results, size_mb) -> None:
     for key, value in headline(metrics).items():
         lines.append(f"| {key} | {'–' if value is None else f'{value:.3f}'} | {TARGETS[key]:.2f} |")
     lines += ["", "Per difficulty bucket:", "", *bucket_table(metrics)]
-    (ROOT / "bench" / "demo_model_results.md").write_text("\n".join(lines) + "\n")
+    # the shipped model's record; a build that is not exported keeps its own beside its run
+    target = args.workdir / "results.md" if args.no_export else ROOT / "bench" / "demo_model_results.md"
+    target.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

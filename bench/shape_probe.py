@@ -62,7 +62,7 @@ def train(args: argparse.Namespace) -> int:
 
     world = Path(args.world)
     config = load_config(ROOT / "configs" / "demo.yaml", [f"data.train=native:{world}/native/train.jsonl",
-                                                           "data.val=[]"])
+                                                           "data.val=[]", *args.overrides])
     train_samples = [s for s in read_native_jsonl(world / "native" / "train.jsonl") if s.regions]
     val_samples = [s for s in read_native_jsonl(world / "native" / "val.jsonl") if s.regions][:args.val_images]
     model, processor = build_model_and_processor(config.model, train_samples[:500], config.train.seed)
@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--background-weight", type=float, default=1.0)
     run.add_argument("--every", type=int, default=100, help="evaluate every N steps")
     run.add_argument("--seed", type=int, default=0)
+    run.add_argument("overrides", nargs="*", help="key=value overrides of configs/demo.yaml (e.g. model.vision_overrides=...)")
     check = commands.add_parser("probe", help="fresh heads on a checkpoint's frozen features")
     check.add_argument("checkpoint")
     check.add_argument("--train-images", type=int, default=1500)
