@@ -17,7 +17,8 @@ is present when some cell says so with probability > 0.5).
 
 `probe` encodes 1,500 training and 400 held-out images with a checkpoint, then fits a
 segmentation head on the frozen refined map and a per-token presence head on the frozen image
-tokens, and reports the same two yes/no accuracies (best over a few thresholds).
+tokens, and reports the same two yes/no accuracies (best over a few thresholds); for a model with
+an image label head (`model.image_labels`) also what that head itself says.
 bench/demo_model.md ("Ninth round") has the numbers.
 """
 
@@ -130,12 +131,21 @@ def probe(args: argparse.Namespace) -> int:
     val_samples = [s for s in read_native_jsonl(world / "native" / "val.jsonl") if s.regions][:args.val_images]
     categories = sorted({r.category for s in [*train_samples, *val_samples] for r in s.regions})
 
+    label_head = model.model.image_label_head
+    label_order = [categories.index(n) for n in model.config.image_label_names or [] if n in categories]
+    own_yes = []  # the model's own image label head (model.image_labels): what its marks say
+
     def encode(samples):
         maps, tokens, cells, presence = [], [], [], []
         with torch.no_grad():
             for i in range(0, len(samples), 50):
                 pixels, masks, image_index, classes, present = encode_targets(processor, samples[i:i + 50], categories)
                 vision = model.model.encode_images(pixels)
+                if label_head is not None and samples is val_samples:
+                    probs = vision.image_label_logits.float().softmax(1)[:, :-1].amax((2, 3))  # (B, K) head order
+                    yes = torch.zeros(len(pixels), len(categories))
+                    yes[:, label_order] = probs[:, :len(label_order)]
+                    own_yes.append(yes)
                 maps.append(vision.region_maps.float())
                 tokens.append(vision.image_features.float())
                 cells.append(segmentation_targets(masks, image_index, classes, len(pixels),
@@ -171,6 +181,10 @@ def probe(args: argparse.Namespace) -> int:
     print(f"| refined map, segmentation head | {max(balanced(map_yes > t, val_presence) for t in THRESHOLDS):.3f} |")
     print(f"| image tokens, per-token presence head (max over tokens) | "
           f"{max(balanced(token_yes > t, val_presence) for t in THRESHOLDS):.3f} |")
+    if own_yes:
+        yes = torch.cat(own_yes)
+        print(f"| the model's own image label head (what its marks say; at 0.5: "
+              f"{balanced(yes > 0.5, val_presence):.3f}) | {max(balanced(yes > t, val_presence) for t in THRESHOLDS):.3f} |")
     return 0
 
 

@@ -271,3 +271,33 @@ def test_region_number_tokens_mark_each_region_with_its_numbers_token(tokenizer,
     assert torch.equal(marks[2], torch.zeros_like(marks[2])) and torch.equal(marks[0], table[8])
     with pytest.raises(ValueError, match="region_number_token_ids must be a list of token ids"):
         make_model("tiny-clip-llama", tokenizer, region_number_token_ids=["1"])
+
+
+def test_image_label_marks_add_the_names_of_what_each_cell_sees(tokenizer, image):
+    """Image tokens get sum_k max-prob_k x mean-embedding(name_k); the probabilities carry no gradient."""
+    names = [[7], [8, 9]]
+    plain = make_model("tiny-clip-llama", tokenizer)
+    labelled = make_model("tiny-clip-llama", tokenizer, image_label_names=["star", "heart"], image_label_token_ids=names)
+    labelled.model.vision_tower.load_state_dict(plain.model.vision_tower.state_dict())
+    labelled.model.feature_refiner.load_state_dict(plain.model.feature_refiner.state_dict())
+    labelled.model.connector.load_state_dict(plain.model.connector.state_dict())
+    head = labelled.model.image_label_head
+    with torch.no_grad():  # a head sure of "heart" everywhere
+        head.head.weight.zero_()
+        head.head.bias.copy_(torch.tensor([0.0, 30.0, 0.0]))
+    processor = make_processor(plain, tokenizer)
+    pixels = processor(images=image, text="<image>\nhi")["pixel_values"]
+    base = plain.model.encode_images(pixels)
+    out = labelled.model.encode_images(pixels)
+    table = labelled.get_input_embeddings().weight
+    star, heart = table[7], (table[8] + table[9]) / 2
+    length = base.image_embeds.detach().norm(dim=-1, keepdim=True)  # a sure label is as long as the token
+    expected = heart * length / ((star.norm() + heart.norm()) / 2)
+    torch.testing.assert_close(out.image_embeds - base.image_embeds.detach(), expected, atol=1e-4, rtol=1e-4)
+    assert out.image_label_logits.shape[1] == 3
+    out.image_embeds.sum().backward()
+    assert head.head.weight.grad is None or head.head.weight.grad.abs().sum() == 0  # marks are detached
+    with pytest.raises(ValueError, match="image_label_token_ids must be a list"):
+        make_model("tiny-clip-llama", tokenizer, image_label_token_ids=[[]])
+    with pytest.raises(ValueError, match="image_label_names has 1 names"):
+        make_model("tiny-clip-llama", tokenizer, image_label_names=["star"], image_label_token_ids=names)

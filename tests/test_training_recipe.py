@@ -286,6 +286,43 @@ def test_segmentation_trains_the_vision_tower_in_pretraining_and_with_the_langua
     assert any(not torch.equal(p, tower[n]) for n, p in recipe.model.named_parameters() if n in tower)
 
 
+def test_image_labels_train_the_models_own_head_and_travel_with_the_checkpoint(world, tmp_path):
+    from regiongpt.data.synth.world import CATEGORIES
+
+    labels = ",".join(CATEGORIES)
+    recipe = make_recipe(world, tmp_path / "lab", "train.max_steps=2", "data.val=[]", "train.segmentation_weight=1.0",
+                         "train.region_aux_weight=0.5", "train.region_pretrain_steps=1", "checkpoint.every_steps=2",
+                         f"model.image_labels=[{labels}]",
+                         "train.trainable=[feature_refiner,connector,language_model,vision_tower]")
+    config = recipe.model.config
+    assert config.image_label_names == list(CATEGORIES)
+    words = [recipe.processor.tokenizer.decode(ids) for ids in config.image_label_token_ids]
+    assert words == [f" {c}" for c in CATEGORIES]  # as a question writes them, after a space
+    head = recipe.model.model.image_label_head
+    assert recipe.region_aux.segmentation.head is None  # the loss trains the model's head, not one of its own
+    before = head.head.weight.detach().clone()
+    recipe.train()
+    assert not torch.equal(head.head.weight, before)
+    saved = AutoModelForImageTextToText.from_pretrained(tmp_path / "lab" / "ckpt-000002")
+    torch.testing.assert_close(saved.model.image_label_head.head.weight, head.head.weight)
+    assert saved.config.image_label_names == list(CATEGORIES)
+    pixels = torch.rand(2, 3, config.image_size, config.image_size)
+    recipe.model.eval()
+    with torch.no_grad():  # the reloaded model marks its image tokens as the trained one does
+        torch.testing.assert_close(saved.model.encode_images(pixels).image_embeds,
+                                   recipe.model.model.encode_images(pixels).image_embeds)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.image_labels=[star]", "train.segmentation_weight=0"], "only the per-cell category loss trains"),
+    (["model.image_labels=[star]", "train.segmentation_weight=1", "train.region_aux_weight=0.5"],
+     "categories the model's image labels do not name"),
+])
+def test_image_label_settings_are_checked(world, tmp_path, overrides, message):
+    with pytest.raises(InvalidInputError, match=message):
+        make_recipe(world, tmp_path / "bad", "train.max_steps=1", *overrides)
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["train.segmentation_weight=-1"], "segmentation_weight' must be >= 0"),
     (["train.segmentation_weight=1", "train.region_aux_weight=0", "train.region_pretrain_steps=0"],

@@ -79,6 +79,16 @@ def number_token_ids(tokenizer: Any, count: int) -> list[int]:
     return ids
 
 
+def label_token_ids(tokenizer: Any, names: Sequence[str]) -> list[list[int]]:
+    """The token ids of each category name as a question writes it, after a space ("Is there a star")."""
+    ids = []
+    for name in names:
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidInputError(f"model.image_labels: every entry must be a category name, got {name!r}")
+        ids.append(tokenizer(f" {name.strip()}", add_special_tokens=False)["input_ids"])
+    return ids
+
+
 def build_model_and_processor(
     config: ModelConfig, train_samples: Sequence[NativeSample], seed: int
 ) -> tuple[RegionGPTForConditionalGeneration, RegionGPTProcessor]:
@@ -94,6 +104,9 @@ def build_model_and_processor(
     overrides = dict(config.overrides)
     if config.region_number_tokens:
         overrides["region_number_token_ids"] = number_token_ids(tokenizer, config.region_number_tokens)
+    if config.image_labels:
+        overrides["image_label_names"] = list(config.image_labels)
+        overrides["image_label_token_ids"] = label_token_ids(tokenizer, config.image_labels)
     try:
         model_config = build_config(
             config.preset,
@@ -126,7 +139,9 @@ def parameter_groups(model: RegionGPTForConditionalGeneration) -> dict[str, list
                                       if part is not None]
     # The region-feature path: refinement plus, when configured, the shape encoder and the
     # grid position embedding (small-model extensions).
-    spatial = [inner.feature_refiner] + [part for part in (inner.region_shape_encoder, inner.position_embedding)
+    # The image label head reads the same refined map.
+    spatial = [inner.feature_refiner] + [part for part in (inner.region_shape_encoder, inner.position_embedding,
+                                                           inner.image_label_head)
                                          if part is not None]
     return {
         "vision_tower": [inner.vision_tower],

@@ -64,6 +64,12 @@ class ModelConfig:
         "For a preset: mark regions 1..N with the input embeddings of the trained tokenizer's tokens for "
         "\"1\"..\"N\" (the model's `region_number_token_ids`), so a small model answering \"Region [k]\" can "
         "copy k from the region it attends to (bench/demo_model.md). 0 = off.", default=0)
+    image_labels: list[str] = _doc(
+        "For a preset: category names for an image label head (the model's `image_label_names`): a per-cell "
+        "category head on the refined map, trained by `train.segmentation_weight`, marks each image token with "
+        "the input embeddings of the names of the categories it sees, so a small model can match a question's "
+        "\"Is there a star\" against the cells that hold one (model/image_labels.py). Every training region's "
+        "category must be one of them. Empty = off.", default_factory=list)
     image_processor: Literal["square", "llava15"] = _doc(
         "Image transform for a preset: `square` (pad to square, resize to the model's image "
         "size) or `llava15` (LLaVA-1.5's pad, resize and centre crop).", default="square")
@@ -671,6 +677,9 @@ def validate_config(config: TrainingConfig) -> None:
         raise InvalidInputError("'train.segmentation_weight' acts in the region-path pretraining and through the "
                                 "auxiliary losses: set 'train.region_pretrain_steps' or 'train.region_aux_weight' "
                                 "too, or set 'train.segmentation_weight=0'")
+    if config.model.image_labels and not t.segmentation_weight:
+        raise InvalidInputError("'model.image_labels' adds an image label head that only the per-cell category loss "
+                                "trains: set 'train.segmentation_weight' (e.g. 2.0), or drop 'model.image_labels'")
     for name in ("rec_pointer", "existence_pointer"):
         if getattr(t, f"{name}_weight") < 0:
             raise InvalidInputError(f"'train.{name}_weight' must be >= 0 (0 = off), got {getattr(t, f'{name}_weight')}")

@@ -195,6 +195,7 @@ class TrainingRecipe:
             self.train_samples, cfg.train.region_pretrain_attributes, self.model.config.text_config.hidden_size,
             cfg.train.region_pretrain_image_labels, cfg.train.region_pretrain_image_weight,
             self.model.config.image_grid_size, cfg.train.segmentation_weight, self.model.config.vision_feature_dim,
+            self.model,
         ).to(self.device)
         self.region_aux_optimizer = torch.optim.AdamW(self.region_aux.parameters(), lr=cfg.optim.lr,
                                                       betas=tuple(cfg.optim.betas), weight_decay=0.0)
@@ -438,7 +439,8 @@ class TrainingRecipe:
                                                                b.inputs["region_image_index"], b.region_labels)
                     if vision is not None:
                         aux = aux + self.region_aux.segmentation_loss(vision.region_maps, b.inputs["region_masks"],
-                                                                      b.inputs["region_image_index"], b.region_labels)
+                                                                      b.inputs["region_image_index"], b.region_labels,
+                                                                      vision.image_label_logits)
                     total = total + aux * (self.config.train.region_aux_weight / len(micro))
                     aux_sum += float(aux.detach()) / len(micro)
                 for name, supervised in self.pointers.items() if weight else ():

@@ -48,7 +48,7 @@ class RegionAuxiliaryHeads(nn.Module):
 
     def __init__(self, classes: Mapping[str, Sequence[str]], width: int, image_fields: Sequence[str] = (),
                  image_classes: Sequence[str] = (), image_weight: float = 0.25, grid: int = 1,
-                 segmentation_weight: float = 0.0, vision_width: int = 0):
+                 segmentation_weight: float = 0.0, vision_width: int = 0, model: nn.Module | None = None):
         super().__init__()
         self.fields = list(classes)
         self.index = {f: {v: i for i, v in enumerate(values)} for f, values in classes.items()}
@@ -59,29 +59,34 @@ class RegionAuxiliaryHeads(nn.Module):
         self.image_weight = image_weight
         self.grid = grid
         self.segmentation_weight = segmentation_weight
-        self.segmentation = SegmentationHead(vision_width, classes["category"]) \
-            if segmentation_weight and "category" in classes else None
+        self.segmentation = None
+        if segmentation_weight and "category" in classes:
+            self.segmentation = SegmentationHead.for_model(model, classes["category"]) if model is not None \
+                else SegmentationHead(vision_width, classes["category"])
 
     @classmethod
     def from_samples(cls, samples: Sequence[NativeSample], attributes: Sequence[str], width: int,
                      image_fields: Sequence[str] = (), image_weight: float = 0.25,
                      grid: int = 1, segmentation_weight: float = 0.0,
-                     vision_width: int = 0) -> "RegionAuxiliaryHeads":
+                     vision_width: int = 0, model: nn.Module | None = None) -> "RegionAuxiliaryHeads":
         """Heads for the category and ``attributes`` (and the image tokens' ``image_fields``, and
         the refined map's categories with ``segmentation_weight``), with the values the training
         regions use (every training region must carry them; the error names the field otherwise).
-        ``grid``: the image-token grid side; ``vision_width``: the refined map's channels."""
+        ``grid``: the image-token grid side; ``vision_width``: the refined map's channels; ``model``:
+        the model being trained (its image label head, when it has one, is the segmentation head)."""
         labels = PretrainLabels.from_samples(samples, attributes, image_fields)
         return cls(labels.region_classes, width, labels.image_fields, labels.image_classes, image_weight, grid,
-                   segmentation_weight, vision_width)
+                   segmentation_weight, vision_width, model)
 
     def segmentation_loss(self, region_maps: torch.Tensor, region_masks: torch.Tensor,
-                          region_image_index: torch.Tensor, records: Sequence[Mapping[str, str]]) -> torch.Tensor:
-        """The refined map's per-cell category loss (``segmentation.py``), times ``segmentation_weight``."""
+                          region_image_index: torch.Tensor, records: Sequence[Mapping[str, str]],
+                          logits: torch.Tensor | None = None) -> torch.Tensor:
+        """The refined map's per-cell category loss (``segmentation.py``), times ``segmentation_weight``
+        (``logits``: the model's image label logits when it computed them)."""
         if self.segmentation is None:
             return region_maps.new_zeros(())
         return self.segmentation_weight * self.segmentation.loss(
-            region_maps, region_masks, region_image_index, SegmentationHead.categories_of(records))
+            region_maps, region_masks, region_image_index, SegmentationHead.categories_of(records), logits)
 
     def image_loss(self, image_embeds: torch.Tensor, region_masks: torch.Tensor, region_image_index: torch.Tensor,
                    records: Sequence[Mapping[str, str]]) -> torch.Tensor:

@@ -80,7 +80,8 @@ class PretrainLabels:
 def region_path_parameters(model: nn.Module) -> list[nn.Parameter]:
     """Trainable parameters that shape the pooled region features (not the connector or the LLM)."""
     inner = model.model
-    parts = [inner.vision_tower, inner.feature_refiner, inner.region_shape_encoder]
+    parts = [inner.vision_tower, inner.feature_refiner, inner.region_shape_encoder,
+             inner.image_label_head]
     params = [p for part in parts if part is not None for p in part.parameters()]
     if inner.position_embedding is not None:
         params.append(inner.position_embedding)
@@ -154,7 +155,7 @@ def pretrain_region_path(model: nn.Module, processor, samples: Sequence[NativeSa
         trained += list(image_head.parameters())
     segmentation = None
     if segmentation_weight:
-        segmentation = SegmentationHead(model.config.vision_feature_dim, labels.region_classes["category"])
+        segmentation = SegmentationHead.for_model(model, labels.region_classes["category"])
         trained += list(segmentation.parameters())
     for part in (heads, image_head, segmentation):
         if part is not None:
@@ -186,7 +187,8 @@ def pretrain_region_path(model: nn.Module, processor, samples: Sequence[NativeSa
             loss = loss + image_weight * image_cell_loss(logits, targets)
         if segmentation is not None:
             loss = loss + segmentation_weight * segmentation.loss(vision.region_maps, masks, image_index,
-                                                                  [r.category for r in regions])
+                                                                  [r.category for r in regions],
+                                                                  vision.image_label_logits)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

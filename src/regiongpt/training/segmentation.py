@@ -12,7 +12,8 @@ shares rather than the majority category keep a small object's cells in the targ
 own the demo tower then recognised small objects 0.33 of the time against 0.28 (bench/demo_model.md).
 
 The head is a training device, like the region-pretraining heads: it lives in the run, never
-in the exported model.
+in the exported model, unless the model has an image label head (``model.image_labels``,
+model/image_labels.py): then this loss trains that head, which the model keeps and uses.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from regiongpt.errors import InvalidInputError
 
 COVER_THRESHOLD = 0.5  # a map cell takes an object's category when the object covers more than half of it
 
@@ -67,30 +70,52 @@ class SegmentationHead(nn.Module):
     head that says "background" everywhere is right most of the time).
     """
 
-    def __init__(self, channels: int, classes: Sequence[str], background_weight: float = 0.2):
+    def __init__(self, channels: int, classes: Sequence[str], background_weight: float = 0.2,
+                 model_head: nn.Module | None = None):
         super().__init__()
         self.index = {name: i for i, name in enumerate(classes)}
         self.background = len(classes)
-        self.head = nn.Conv2d(channels, len(classes) + 1, kernel_size=1)
+        # the model's own image label head (not registered here: the model's optimiser trains it)
+        self._model_head = (model_head,) if model_head is not None else ()
+        self.head = None if model_head is not None else nn.Conv2d(channels, len(classes) + 1, kernel_size=1)
         class_weight = torch.ones(len(classes) + 1)
         class_weight[-1] = background_weight
         self.register_buffer("class_weight", class_weight, persistent=False)
 
+    @classmethod
+    def for_model(cls, model: nn.Module, classes: Sequence[str]) -> "SegmentationHead":
+        """The loss on the model's image label head when it has one (``classes``: the training
+        regions' categories, each of which it must know), else on a head of its own."""
+        inner = model.model
+        label_head = inner.image_label_head
+        if label_head is None:
+            return cls(model.config.vision_feature_dim, classes)
+        names = list(model.config.image_label_names or [])
+        unknown = [c for c in classes if c not in names]
+        if unknown:
+            raise InvalidInputError(f"training regions have categories the model's image labels do not name: "
+                                    f"{unknown[:5]}; add them to model.image_labels (it has {names})")
+        return cls(model.config.vision_feature_dim, names, model_head=label_head)
+
     def forward(self, region_maps: torch.Tensor) -> torch.Tensor:
         """(B, K+1, h, w) logits."""
+        if self._model_head:
+            return self._model_head[0](region_maps).float()
         return self.head(region_maps.float())
 
     def loss(self, region_maps: torch.Tensor, region_masks: torch.Tensor, region_image_index: torch.Tensor,
-             categories: Sequence[str | None]) -> torch.Tensor:
+             categories: Sequence[str | None], logits: torch.Tensor | None = None) -> torch.Tensor:
         """Weighted cross-entropy of every map cell against the shares of it the categories cover
         (:func:`segmentation_cover`). Regions whose category is None or unknown to the head are
-        left out of the targets."""
+        left out of the targets. ``logits``: the head's (B, K+1, h, w) output when already computed
+        (the model's image label head during encoding)."""
         known = [i for i, name in enumerate(categories) if name in self.index]
         rows = torch.tensor(known, dtype=torch.long, device=region_masks.device)
         classes = torch.tensor([self.index[categories[i]] for i in known], dtype=torch.long)
         targets = segmentation_cover(region_masks[rows], region_image_index[rows], classes, region_maps.shape[0],
                                      region_maps.shape[-1], self.background)
-        return F.cross_entropy(self(region_maps), targets, weight=self.class_weight)
+        logits = self(region_maps) if logits is None else logits.float()
+        return F.cross_entropy(logits, targets, weight=self.class_weight)
 
     @staticmethod
     def categories_of(records: Sequence[Mapping[str, str]]) -> list[str | None]:
