@@ -313,6 +313,26 @@ def test_image_labels_train_the_models_own_head_and_travel_with_the_checkpoint(w
                                    recipe.model.model.encode_images(pixels).image_embeds)
 
 
+def test_region_pretraining_takes_its_own_batch_size(world, tmp_path, monkeypatch):
+    import regiongpt.training.recipe as recipe_module
+
+    seen = []
+    real = recipe_module.pretrain_region_path
+
+    def spy(model, processor, samples, steps, lr, batch_size, *args, **kwargs):
+        seen.append(batch_size)
+        return real(model, processor, samples, steps, lr, batch_size, *args, **kwargs)
+
+    monkeypatch.setattr(recipe_module, "pretrain_region_path", spy)
+    for extra, wanted in (([], 2), (["train.region_pretrain_batch_size=5"], 5)):
+        recipe = make_recipe(world, tmp_path / f"pre{wanted}", "train.max_steps=1", "data.val=[]", "data.batch_size=2",
+                             "train.region_pretrain_steps=1", *extra)
+        recipe.train()
+        assert seen[-1] == wanted
+    with pytest.raises(InvalidInputError, match="region_pretrain_batch_size' must be >= 0"):
+        make_recipe(world, tmp_path / "bad", "train.max_steps=1", "train.region_pretrain_batch_size=-1")
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["model.image_labels=[star]", "train.segmentation_weight=0"], "only the per-cell category loss trains"),
     (["model.image_labels=[star]", "train.segmentation_weight=1", "train.region_aux_weight=0.5"],

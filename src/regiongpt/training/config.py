@@ -266,6 +266,9 @@ class TrainConfig:
         "learns the label prior and ignores them; a region path that already separates categories avoids "
         "that (bench/demo_model.md). 0 = off.", default=0)
     region_pretrain_lr: float = _doc("Learning rate of the region-path pretraining.", default=1.0e-3)
+    region_pretrain_batch_size: int = _doc(
+        "Images a step of the region-path pretraining (0 = `data.batch_size`). Its steps are cheap (no language "
+        "model): a larger batch buys the per-cell category head many more images for little time.", default=0)
     region_pretrain_attributes: list[str] = _doc(
         "Region attributes (names in the native regions' `attributes`, e.g. `[colour, texture, size]`) that get "
         "their own head in the region-path pretraining, beside the category: the features then separate them "
@@ -671,6 +674,9 @@ def validate_config(config: TrainingConfig) -> None:
             raise InvalidInputError(f"'optim.task_weights.{task}' must be a number >= 0, got {value!r}")
     if t.region_aux_weight < 0:
         raise InvalidInputError(f"'train.region_aux_weight' must be >= 0 (0 = off), got {t.region_aux_weight}")
+    if t.region_pretrain_batch_size < 0:
+        raise InvalidInputError(f"'train.region_pretrain_batch_size' must be >= 0 (0 = data.batch_size), got "
+                                f"{t.region_pretrain_batch_size}")
     if t.segmentation_weight < 0:
         raise InvalidInputError(f"'train.segmentation_weight' must be >= 0 (0 = off), got {t.segmentation_weight}")
     if t.segmentation_weight and not (t.region_pretrain_steps or t.region_aux_weight):

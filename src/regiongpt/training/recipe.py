@@ -357,7 +357,9 @@ class TrainingRecipe:
         if self.dist.world_size > 1:
             raise InvalidInputError("train.region_pretrain_steps runs in one process; start it without torchrun")
         losses = pretrain_region_path(self.model, self.processor, self.train_samples, cfg.train.region_pretrain_steps,
-                                      cfg.train.region_pretrain_lr, cfg.data.batch_size, cfg.train.seed, self.device,
+                                      cfg.train.region_pretrain_lr,
+                                      cfg.train.region_pretrain_batch_size or cfg.data.batch_size, cfg.train.seed,
+                                      self.device,
                                       attributes=cfg.train.region_pretrain_attributes,
                                       image_labels=cfg.train.region_pretrain_image_labels,
                                       image_weight=cfg.train.region_pretrain_image_weight,
