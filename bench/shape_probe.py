@@ -5,6 +5,9 @@
                                                       [--steps 1200] [--batch 16] [--lr 2e-3] [--background-weight 1]
     # a checkpoint's frozen features: fresh heads on its refined map and on its image tokens
     OMP_NUM_THREADS=2 python bench/shape_probe.py probe CHECKPOINT [--world runs/demo-build/world]
+    # the recipe's own region-path pretraining (train.region_pretrain_*), then what the model's
+    # image label head says (needs model.image_labels)
+    OMP_NUM_THREADS=2 python bench/shape_probe.py pretrain [--world ...] [key=value overrides of configs/demo.yaml]
 
 `train` builds the model of `configs/demo.yaml` and trains its vision path (tower, position
 embedding, refinement; no shape encoder, no language model) on one target:
@@ -14,6 +17,11 @@ from the maximum over the image tokens of a per-token head). Every 100 steps it 
 held-out images, the region accuracy from pixels (the segmentation probabilities averaged over
 each region's mask) and the balanced yes/no accuracy of "is there a <category>?" (a category
 is present when some cell says so with probability > 0.5).
+
+`pretrain` runs the recipe's stage 0 (`training/region_pretrain.py`) as `configs/demo.yaml` with the
+given overrides sets it up, and reports the balanced yes/no accuracy of the model's own image
+label head on held-out images (at 0.5 and best threshold): what a build's marks will say when the
+language model starts.
 
 `probe` encodes 1,500 training and 400 held-out images with a checkpoint, then fits a
 segmentation head on the frozen refined map and a per-token presence head on the frozen image
@@ -131,21 +139,12 @@ def probe(args: argparse.Namespace) -> int:
     val_samples = [s for s in read_native_jsonl(world / "native" / "val.jsonl") if s.regions][:args.val_images]
     categories = sorted({r.category for s in [*train_samples, *val_samples] for r in s.regions})
 
-    label_head = model.model.image_label_head
-    label_order = [categories.index(n) for n in model.config.image_label_names or [] if n in categories]
-    own_yes = []  # the model's own image label head (model.image_labels): what its marks say
-
     def encode(samples):
         maps, tokens, cells, presence = [], [], [], []
         with torch.no_grad():
             for i in range(0, len(samples), 50):
                 pixels, masks, image_index, classes, present = encode_targets(processor, samples[i:i + 50], categories)
                 vision = model.model.encode_images(pixels)
-                if label_head is not None and samples is val_samples:
-                    probs = vision.image_label_logits.float().softmax(1)[:, :-1].amax((2, 3))  # (B, K) head order
-                    yes = torch.zeros(len(pixels), len(categories))
-                    yes[:, label_order] = probs[:, :len(label_order)]
-                    own_yes.append(yes)
                 maps.append(vision.region_maps.float())
                 tokens.append(vision.image_features.float())
                 cells.append(segmentation_targets(masks, image_index, classes, len(pixels),
@@ -181,10 +180,63 @@ def probe(args: argparse.Namespace) -> int:
     print(f"| refined map, segmentation head | {max(balanced(map_yes > t, val_presence) for t in THRESHOLDS):.3f} |")
     print(f"| image tokens, per-token presence head (max over tokens) | "
           f"{max(balanced(token_yes > t, val_presence) for t in THRESHOLDS):.3f} |")
-    if own_yes:
-        yes = torch.cat(own_yes)
+    if model.model.image_label_head is not None:  # the model's own head (model.image_labels): what its marks say
+        order = [model.config.image_label_names.index(c) for c in categories]
+        yes = label_head_presence(model, processor, val_samples)[:, order]
         print(f"| the model's own image label head (what its marks say; at 0.5: "
               f"{balanced(yes > 0.5, val_presence):.3f}) | {max(balanced(yes > t, val_presence) for t in THRESHOLDS):.3f} |")
+    return 0
+
+
+def label_head_presence(model, processor, samples) -> torch.Tensor:
+    """(N, K) the model's image label head's largest probability of each of its categories per image."""
+    said = []
+    with torch.no_grad():
+        for i in range(0, len(samples), 50):
+            batch = samples[i:i + 50]
+            visual = processor.prepare_images([str(s.image_path()) for s in batch],
+                                              [[{"segmentation": r.mask} for r in s.regions] for s in batch])
+            logits = model.model.encode_images(visual["pixel_values"]).image_label_logits
+            said.append(logits.float().softmax(1)[:, :-1].amax((2, 3)))
+    return torch.cat(said)
+
+
+def pretrain(args: argparse.Namespace) -> int:
+    from regiongpt.data.native import read_native_jsonl
+    from regiongpt.training.builders import build_model_and_processor, configure_trainable
+    from regiongpt.training.config import load_config
+    from regiongpt.training.region_pretrain import pretrain_region_path
+
+    world = Path(args.world)
+    config = load_config(ROOT / "configs" / "demo.yaml", [f"data.train=native:{world}/native/train.jsonl",
+                                                           "data.val=[]", *args.overrides])
+    t = config.train
+    if not config.model.image_labels:
+        raise SystemExit("pretrain reports the model's image label head: add model.image_labels=[...]")
+    train_samples = [s for s in read_native_jsonl(world / "native" / "train.jsonl") if s.regions]
+    val_samples = [s for s in read_native_jsonl(world / "native" / "val.jsonl") if s.regions][:args.val_images]
+    model, processor = build_model_and_processor(config.model, train_samples, t.seed)
+    configure_trainable(model, t)
+    batch = t.region_pretrain_batch_size or config.data.batch_size
+    weight = t.segmentation_weight if t.region_pretrain_segmentation_weight is None \
+        else t.region_pretrain_segmentation_weight
+    start = time.time()
+    pretrain_region_path(model, processor, train_samples, t.region_pretrain_steps, t.region_pretrain_lr, batch, t.seed,
+                         torch.device("cpu"), attributes=t.region_pretrain_attributes,
+                         image_labels=t.region_pretrain_image_labels, image_weight=t.region_pretrain_image_weight,
+                         heads_on=t.region_pretrain_heads_on, segmentation_weight=weight)
+    seconds = time.time() - start
+    model.eval()
+    names = model.config.image_label_names
+    truth = torch.zeros(len(val_samples), len(names), dtype=torch.bool)
+    for i, sample in enumerate(val_samples):
+        for region in sample.regions:
+            truth[i, names.index(region.category)] = True
+    said = label_head_presence(model, processor, val_samples)
+    print("| steps x batch | lr | segmentation weight | yes/no at 0.5 | best threshold | seconds |\n|---|---|---|---|---|---|")
+    print(f"| {t.region_pretrain_steps} x {batch} | {t.region_pretrain_lr:g} | {t.segmentation_weight:g} | "
+          f"{balanced(said > 0.5, truth):.3f} | {max(balanced(said > th, truth) for th in THRESHOLDS):.3f} | "
+          f"{seconds:.0f} |")
     return 0
 
 
@@ -203,12 +255,15 @@ def main(argv: list[str] | None = None) -> int:
     check = commands.add_parser("probe", help="fresh heads on a checkpoint's frozen features")
     check.add_argument("checkpoint")
     check.add_argument("--train-images", type=int, default=1500)
-    for sub in (run, check):
+    stage = commands.add_parser("pretrain", help="the recipe's region-path pretraining, then the image label head")
+    stage.add_argument("overrides", nargs="*", help="key=value overrides of configs/demo.yaml (e.g. "
+                                                    "train.region_pretrain_steps=800 model.image_labels=[...])")
+    for sub in (run, check, stage):
         sub.add_argument("--world", default=str(ROOT / "runs" / "demo-build" / "world"))
         sub.add_argument("--val-images", type=int, default=400 if sub is check else 300)
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT / "src"))
-    return train(args) if args.command == "train" else probe(args)
+    return {"train": train, "probe": probe, "pretrain": pretrain}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from conftest import load_bench_script
 
 from regiongpt.data.synth.writers import write_world
@@ -30,3 +32,28 @@ def test_train_and_probe_report_accuracies(model_dir, tmp_path, capsys):
     assert probe.main(["probe", str(model_dir), "--world", str(world), "--train-images", "3"]) == 0
     rows = _rows(capsys.readouterr().out)
     assert len(rows) == 2 and all(re.fullmatch(r"0\.\d{3}|1\.000", r[1]) for r in rows)
+
+
+def test_pretrain_and_probe_report_the_models_image_label_head(tokenizer, tmp_path, capsys):
+    from conftest import make_model, make_processor
+
+    from regiongpt.data.synth.world import CATEGORIES
+
+    world = tmp_path / "world"
+    write_world(world, images=6, seed=3, width=64, height=64, val_fraction=0.5, progress=False)
+    probe = load_bench_script("shape_probe")
+    labels = f"model.image_labels=[{','.join(CATEGORIES)}]"
+    assert probe.main(["pretrain", "--world", str(world), labels, "train.region_pretrain_steps=2",
+                       "train.region_pretrain_batch_size=2"]) == 0
+    row = _rows(capsys.readouterr().out)[-1]
+    assert row[0] == "2 x 2" and all(0.0 <= float(v) <= 1.0 for v in row[3:5])
+    with pytest.raises(SystemExit, match="add model.image_labels"):
+        probe.main(["pretrain", "--world", str(world), "train.region_pretrain_steps=1"])
+
+    model = make_model("tiny-clip-llama", tokenizer, image_label_names=list(CATEGORIES),
+                       image_label_token_ids=[[5]] * len(CATEGORIES))
+    model.save_pretrained(tmp_path / "labelled")
+    make_processor(model, tokenizer).save_pretrained(tmp_path / "labelled")
+    assert probe.main(["probe", str(tmp_path / "labelled"), "--world", str(world), "--train-images", "3"]) == 0
+    rows = _rows(capsys.readouterr().out)
+    assert len(rows) == 3 and rows[2][0].startswith("the model's own image label head")

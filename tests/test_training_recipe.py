@@ -313,24 +313,29 @@ def test_image_labels_train_the_models_own_head_and_travel_with_the_checkpoint(w
                                    recipe.model.model.encode_images(pixels).image_embeds)
 
 
-def test_region_pretraining_takes_its_own_batch_size(world, tmp_path, monkeypatch):
+def test_region_pretraining_takes_its_own_batch_size_and_segmentation_weight(world, tmp_path, monkeypatch):
     import regiongpt.training.recipe as recipe_module
 
     seen = []
     real = recipe_module.pretrain_region_path
 
     def spy(model, processor, samples, steps, lr, batch_size, *args, **kwargs):
-        seen.append(batch_size)
+        seen.append((batch_size, kwargs["segmentation_weight"]))
         return real(model, processor, samples, steps, lr, batch_size, *args, **kwargs)
 
     monkeypatch.setattr(recipe_module, "pretrain_region_path", spy)
-    for extra, wanted in (([], 2), (["train.region_pretrain_batch_size=5"], 5)):
-        recipe = make_recipe(world, tmp_path / f"pre{wanted}", "train.max_steps=1", "data.val=[]", "data.batch_size=2",
-                             "train.region_pretrain_steps=1", *extra)
+    for i, (extra, wanted) in enumerate((
+            ([], (2, 1.0)),
+            (["train.region_pretrain_batch_size=5", "train.region_pretrain_segmentation_weight=8"], (5, 8.0)))):
+        recipe = make_recipe(world, tmp_path / f"pre{i}", "train.max_steps=1", "data.val=[]", "data.batch_size=2",
+                             "train.region_pretrain_steps=1", "train.segmentation_weight=1", *extra)
         recipe.train()
         assert seen[-1] == wanted
-    with pytest.raises(InvalidInputError, match="region_pretrain_batch_size' must be >= 0"):
-        make_recipe(world, tmp_path / "bad", "train.max_steps=1", "train.region_pretrain_batch_size=-1")
+        assert recipe.region_aux is None or recipe.region_aux.segmentation_weight == 1.0  # training keeps its own
+    for bad, message in (("train.region_pretrain_batch_size=-1", "region_pretrain_batch_size' must be >= 0"),
+                         ("train.region_pretrain_segmentation_weight=-1", "region_pretrain_segmentation_weight' must")):
+        with pytest.raises(InvalidInputError, match=message):
+            make_recipe(world, tmp_path / "bad", "train.max_steps=1", bad)
 
 
 @pytest.mark.parametrize("overrides, message", [

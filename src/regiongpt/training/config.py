@@ -297,7 +297,13 @@ class TrainConfig:
         "(`training/segmentation.py`). It teaches the vision tower to recognise shapes from pixels, which "
         "existence questions need (the region path reads them from the mask). Used in the region-path "
         "pretraining and, with `train.region_aux_weight`, as one more auxiliary loss during training. "
-        "Every training region needs a category. Training only; 0 = off.", default=0.0)
+        "Every training region needs a category. The head is a training device unless `model.image_labels` "
+        "gives the model one of its own, which this loss then trains; 0 = off.", default=0.0)
+    region_pretrain_segmentation_weight: float | None = _doc(
+        "The per-cell category loss's weight in the region-path pretraining only (null = "
+        "`train.segmentation_weight`). There the region heads share the tower with it and at weight 2 the shapes "
+        "are hardly learned (0.66 yes/no from pixels after 800 x 16 steps, 0.76 at 8); during language-model "
+        "training a weight of 8 cost the brief captions their colours (bench/demo_model.md).", default=None)
     rec_pointer_weight: float = _doc(
         "Weight of an attention-supervision loss on REC answers: at each position that writes the number of "
         "\"Region [k]\", one head of the language model (`train.rec_pointer_layer`, `train.rec_pointer_head`) is "
@@ -679,6 +685,9 @@ def validate_config(config: TrainingConfig) -> None:
                                 f"{t.region_pretrain_batch_size}")
     if t.segmentation_weight < 0:
         raise InvalidInputError(f"'train.segmentation_weight' must be >= 0 (0 = off), got {t.segmentation_weight}")
+    if t.region_pretrain_segmentation_weight is not None and t.region_pretrain_segmentation_weight < 0:
+        raise InvalidInputError("'train.region_pretrain_segmentation_weight' must be >= 0 or null (= "
+                                f"train.segmentation_weight), got {t.region_pretrain_segmentation_weight}")
     if t.segmentation_weight and not (t.region_pretrain_steps or t.region_aux_weight):
         raise InvalidInputError("'train.segmentation_weight' acts in the region-path pretraining and through the "
                                 "auxiliary losses: set 'train.region_pretrain_steps' or 'train.region_aux_weight' "
