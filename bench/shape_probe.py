@@ -218,8 +218,7 @@ def pretrain(args: argparse.Namespace) -> int:
     model, processor = build_model_and_processor(config.model, train_samples, t.seed)
     configure_trainable(model, t)
     batch = t.region_pretrain_batch_size or config.data.batch_size
-    weight = t.segmentation_weight if t.region_pretrain_segmentation_weight is None \
-        else t.region_pretrain_segmentation_weight
+    weight = t.pretrain_segmentation_weight()
     start = time.time()
     pretrain_region_path(model, processor, train_samples, t.region_pretrain_steps, t.region_pretrain_lr, batch, t.seed,
                          torch.device("cpu"), attributes=t.region_pretrain_attributes,
@@ -234,7 +233,7 @@ def pretrain(args: argparse.Namespace) -> int:
             truth[i, names.index(region.category)] = True
     said = label_head_presence(model, processor, val_samples)
     print("| steps x batch | lr | segmentation weight | yes/no at 0.5 | best threshold | seconds |\n|---|---|---|---|---|---|")
-    print(f"| {t.region_pretrain_steps} x {batch} | {t.region_pretrain_lr:g} | {t.segmentation_weight:g} | "
+    print(f"| {t.region_pretrain_steps} x {batch} | {t.region_pretrain_lr:g} | {weight:g} | "
           f"{balanced(said > 0.5, truth):.3f} | {max(balanced(said > th, truth) for th in THRESHOLDS):.3f} | "
           f"{seconds:.0f} |")
     return 0

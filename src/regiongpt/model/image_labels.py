@@ -44,7 +44,7 @@ class ImageLabelHead(nn.Module):
         """Each image token's mark: sum over categories of (the category's largest probability in the
         token's cells) x (its name's mean input embedding), rescaled so that a sure label is as long
         as the token's own embedding (``image_embeds``, (B, grid*grid, D); the connector's output is
-        ~100x longer than an input embedding, which would hide the mark). ``logits``: (B, K+1, h, w)
+        ~300x longer in the built-in model than an input embedding, which would hide the mark). ``logits``: (B, K+1, h, w)
         from :meth:`forward`; ``grid``: the image-token grid side."""
         probs = logits.detach().float().softmax(dim=1)[:, : self.n_labels]  # (B, K, h, w)
         probs = F.adaptive_max_pool2d(probs, grid).flatten(2).transpose(1, 2)  # (B, grid*grid, K)

@@ -27,10 +27,10 @@ from transformers.utils import ModelOutput
 
 from .configuration_regiongpt import RegionGPTConfig
 from .connector import Connector
+from .image_labels import ImageLabelHead
 from .pooling import mask_pool, roi_box_pool
 from .refinement import FeatureRefiner
 from .region_shape import RegionShapeEncoder
-from .image_labels import ImageLabelHead
 from .region_number import RegionNumberEmbedding, number_token_marks
 from .region_number import region_numbers as region_numbers_in_image
 from .vision import select_feature_grid

@@ -328,6 +328,12 @@ class TrainConfig:
     log_every: int = _doc("Write training metrics every N steps.", default=1)
     progress: bool = _doc("Show a tqdm progress bar.", default=True)
 
+    def pretrain_segmentation_weight(self) -> float:
+        """The per-cell category loss's weight in the region-path pretraining."""
+        if self.region_pretrain_segmentation_weight is None:
+            return self.segmentation_weight
+        return self.region_pretrain_segmentation_weight
+
 
 @dataclass
 class CheckpointConfig:

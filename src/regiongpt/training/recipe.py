@@ -364,9 +364,7 @@ class TrainingRecipe:
                                       image_labels=cfg.train.region_pretrain_image_labels,
                                       image_weight=cfg.train.region_pretrain_image_weight,
                                       heads_on=cfg.train.region_pretrain_heads_on,
-                                      segmentation_weight=cfg.train.segmentation_weight
-                                      if cfg.train.region_pretrain_segmentation_weight is None
-                                      else cfg.train.region_pretrain_segmentation_weight)
+                                      segmentation_weight=cfg.train.pretrain_segmentation_weight())
         self.metrics.write(0, "region_pretrain", {"loss_first": losses[0], "loss_last": losses[-1],
                                                   "steps": len(losses)})
 
