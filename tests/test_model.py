@@ -301,3 +301,39 @@ def test_image_label_marks_add_the_names_of_what_each_cell_sees(tokenizer, image
         make_model("tiny-clip-llama", tokenizer, image_label_token_ids=[[]])
     with pytest.raises(ValueError, match="image_label_names has 1 names"):
         make_model("tiny-clip-llama", tokenizer, image_label_names=["star"], image_label_token_ids=names)
+
+
+def test_region_label_marks_add_the_names_of_what_the_region_head_predicts(tokenizer, image):
+    """Region tokens get, per field, softmax(head(pooled)) @ mean-embedding(names), each field rescaled to the
+    token's length over sqrt(fields); the probabilities carry no gradient."""
+    ids = {"colour": [[7], [8, 9]], "category": [[10], [11], [12]]}
+    names = {"colour": ["red", "blue"], "category": ["star", "heart", "ring"]}
+    plain = make_model("tiny-clip-llama", tokenizer)
+    labelled = make_model("tiny-clip-llama", tokenizer, region_label_names=names, region_label_token_ids=ids)
+    missing = labelled.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("model.region_label_head.") for k in missing)
+    head = labelled.model.region_label_head
+    with torch.no_grad():  # a head sure of "blue" and of "ring" for every region
+        for field, sure in (("colour", 1), ("category", 2)):
+            head.heads[field].weight.zero_()
+            head.heads[field].bias.zero_()
+            head.heads[field].bias[sure] = 30.0
+    processor = make_processor(plain, tokenizer)
+    inputs = processor(images=image, text="<image>\n<region1> <region2>", regions=BOXES[:2])
+    base = plain(**inputs).region_embeds.detach()
+    out = labelled(**inputs).region_embeds
+    table = labelled.get_input_embeddings().weight.detach()
+    name_vectors = [table[7], (table[8] + table[9]) / 2, table[10], table[11], table[12]]
+    mean_norm = torch.stack([v.norm() for v in name_vectors]).mean()
+    expected = (name_vectors[1] + name_vectors[4]) * base.norm(dim=-1, keepdim=True) / (mean_norm * 2**0.5)
+    torch.testing.assert_close(out.detach() - base, expected, atol=1e-4, rtol=1e-4)
+    out.sum().backward()
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in head.parameters())  # marks are detached
+    with pytest.raises(ValueError, match="region_label_token_ids must map each field"):
+        make_model("tiny-clip-llama", tokenizer, region_label_token_ids={"colour": [[7]]})
+    with pytest.raises(ValueError, match=r"region_label_names\['colour'\] has 1 names"):
+        make_model("tiny-clip-llama", tokenizer, region_label_names={"colour": ["red"], "category": names["category"]},
+                   region_label_token_ids=ids)
+    with pytest.raises(ValueError, match="must name the same fields"):
+        make_model("tiny-clip-llama", tokenizer, region_label_names={"colour": ["red", "blue"]},
+                   region_label_token_ids=ids)

@@ -313,6 +313,45 @@ def test_image_labels_train_the_models_own_head_and_travel_with_the_checkpoint(w
                                    recipe.model.model.encode_images(pixels).image_embeds)
 
 
+def test_region_labels_train_the_models_own_head_from_pretraining_on_and_travel_with_the_checkpoint(world, tmp_path):
+    from regiongpt.data.synth.world import CATEGORIES, COLOUR_NAMES
+
+    recipe = make_recipe(world, tmp_path / "reg", "train.max_steps=2", "data.val=[]", "train.region_pretrain_steps=2",
+                         "checkpoint.every_steps=2", f"model.region_labels={{category: [{','.join(CATEGORIES)}], "
+                         f"colour: [{','.join(COLOUR_NAMES)}]}}",
+                         "train.trainable=[feature_refiner,connector,language_model,vision_tower]")
+    config = recipe.model.config
+    assert config.region_label_names == {"category": list(CATEGORIES), "colour": list(COLOUR_NAMES)}
+    words = [recipe.processor.tokenizer.decode(ids) for ids in config.region_label_token_ids["colour"]]
+    assert words == [f" {c}" for c in COLOUR_NAMES]  # as a phrase writes them, after a space
+    head = recipe.model.model.region_label_head
+    before = {k: v.clone() for k, v in head.state_dict().items()}
+    from regiongpt.training.region_pretrain import pretrain_region_path
+
+    pretrain_region_path(recipe.model, recipe.processor, recipe.train_samples, 2, 1e-3, 2, 0, recipe.device)
+    assert all(not torch.equal(v, before[k]) for k, v in head.state_dict().items())  # pretraining teaches it
+    assert not head._forward_hooks or len(head._forward_hooks) == 1  # its hook is gone, the recipe's stays
+    before = {k: v.clone() for k, v in head.state_dict().items()}
+    metrics = recipe.train()
+    assert metrics["region_label_loss"] > 0
+    assert all(not torch.equal(v, before[k]) for k, v in head.state_dict().items())  # so does training
+    saved = AutoModelForImageTextToText.from_pretrained(tmp_path / "reg" / "ckpt-000002")
+    assert saved.config.region_label_names == config.region_label_names
+    processor = AutoProcessor.from_pretrained(tmp_path / "reg" / "ckpt-000002")
+    sample = recipe.train_samples[0]
+    inputs = processor(images=str(sample.image_path()), text="<image>\n<region1>",
+                       regions=[{"segmentation": sample.regions[0].mask} if sample.regions[0].mask
+                                else sample.regions[0].box])
+    recipe.model.eval()
+    with torch.no_grad():  # the reloaded model marks its region tokens as the trained one does
+        torch.testing.assert_close(saved(**inputs).region_embeds, recipe.model(**inputs).region_embeds)
+    with pytest.raises(InvalidInputError, match="at least two value names"):
+        make_recipe(world, tmp_path / "bad", "model.region_labels={colour: [red]}")
+    with pytest.raises(InvalidInputError, match="region label head that its label loss trains"):
+        make_recipe(world, tmp_path / "bad", "model.region_labels={colour: [red, blue]}",
+                    "train.region_pretrain_steps=0", "train.region_label_weight=0")
+
+
 def test_region_pretraining_takes_its_own_batch_size_and_segmentation_weight(world, tmp_path, monkeypatch):
     import regiongpt.training.recipe as recipe_module
 

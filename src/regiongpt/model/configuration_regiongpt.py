@@ -17,6 +17,7 @@ from transformers import AutoConfig
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 
 from .image_labels import validate_label_token_ids
+from .region_labels import validate_region_label_token_ids
 
 
 def default_vision_feature_dim(vision_config: PreTrainedConfig, feature_layer: int) -> int:
@@ -90,6 +91,11 @@ class RegionGPTConfig(PreTrainedConfig):
         image_label_token_ids: per category name, the token ids of the name as a question writes
             it. Set: a per-cell category head on the refined map marks each image token with the
             names of the categories it sees (image_labels.py). Empty = off.
+        region_label_names: per labelled field (e.g. "category", "colour"), the value names a region
+            label head knows, in its class order (saved so a checkpoint says what it predicts).
+        region_label_token_ids: per field, the token ids of each value name as a phrase writes it.
+            Set: one head per field on the pooled region feature marks each region token with the
+            names of the values it predicts (region_labels.py). Empty = off.
     """
 
     model_type = "regiongpt"
@@ -135,6 +141,8 @@ class RegionGPTConfig(PreTrainedConfig):
     region_number_token_ids: list[int] | None = None
     image_label_names: list[str] | None = None
     image_label_token_ids: list[list[int]] | None = None
+    region_label_names: dict[str, list[str]] | None = None
+    region_label_token_ids: dict[str, list[list[int]]] | None = None
     projector_hidden_act: str = "gelu"
     multimodal_projector_bias: bool = True
     tie_word_embeddings: bool = False
@@ -189,6 +197,8 @@ class RegionGPTConfig(PreTrainedConfig):
             if names is not None and len(names) != len(self.image_label_token_ids):
                 raise ValueError(f"image_label_names has {len(names)} names but image_label_token_ids "
                                  f"{len(self.image_label_token_ids)} entries; give one per category")
+        if self.region_label_token_ids:
+            validate_region_label_token_ids(self.region_label_token_ids, self.region_label_names)
         if self.region_shape_context and not self.region_shape_pixels:
             raise ValueError("region_shape_context needs region_shape_pixels=True (it widens that pixel crop)")
 

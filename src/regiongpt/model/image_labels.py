@@ -24,6 +24,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .region_labels import name_embeddings
+
 
 class ImageLabelHead(nn.Module):
     """Per-cell category logits on the refined map and the name marks they put on image tokens."""
@@ -48,12 +50,7 @@ class ImageLabelHead(nn.Module):
         from :meth:`forward`; ``grid``: the image-token grid side."""
         probs = logits.detach().float().softmax(dim=1)[:, : self.n_labels]  # (B, K, h, w)
         probs = F.adaptive_max_pool2d(probs, grid).flatten(2).transpose(1, 2)  # (B, grid*grid, K)
-        device = embeddings.weight.device
-        width = max(len(ids) for ids in self.token_ids)
-        padded = torch.tensor([ids + [0] * (width - len(ids)) for ids in self.token_ids], device=device)  # (K, T)
-        weights = torch.tensor([[1.0 / len(ids)] * len(ids) + [0.0] * (width - len(ids)) for ids in self.token_ids],
-                               device=device)  # (K, T): 1 / name length, 0 = padding
-        names = (embeddings(padded) * weights[..., None].to(embeddings.weight.dtype)).sum(1)  # (K, D)
+        names = name_embeddings(self.token_ids, embeddings)  # (K, D)
         scale = image_embeds.detach().float().norm(dim=-1, keepdim=True) / names.detach().float().norm(dim=-1).mean()
         return (probs.to(names.dtype) @ names) * scale.to(names.dtype)
 

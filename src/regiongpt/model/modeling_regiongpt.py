@@ -30,6 +30,7 @@ from .connector import Connector
 from .image_labels import ImageLabelHead
 from .pooling import mask_pool, roi_box_pool
 from .refinement import FeatureRefiner
+from .region_labels import RegionLabelHead
 from .region_shape import RegionShapeEncoder
 from .region_number import RegionNumberEmbedding, number_token_marks
 from .region_number import region_numbers as region_numbers_in_image
@@ -120,6 +121,10 @@ class RegionGPTModel(RegionGPTPreTrainedModel):
             ImageLabelHead(config.vision_feature_dim, config.image_label_token_ids)
             if config.image_label_token_ids else None
         )
+        self.region_label_head = (
+            RegionLabelHead(config.vision_feature_dim, config.region_label_token_ids)
+            if config.region_label_token_ids else None
+        )
         self.language_model = AutoModel.from_config(config.text_config)
         self.post_init()
 
@@ -205,6 +210,10 @@ class RegionGPTModel(RegionGPTPreTrainedModel):
         pooled = self.pool_regions(vision, region_masks, region_image_index, region_boxes)
         connector = self.region_connector if self.region_connector is not None else self.connector
         embeds = connector(pooled)
+        if self.region_label_head is not None:
+            # the training recipe reads the logits through a forward hook on the head (its label loss)
+            marks = self.region_label_head.marks(self.region_label_head(pooled), self.get_input_embeddings(), embeds)
+            embeds = embeds + marks.to(embeds.dtype)
         if self.region_number_embedding is not None or self.config.region_number_token_ids:
             index = region_image_index.to(embeds.device).long()
             numbers = (region_numbers_in_image(index) if region_numbers is None

@@ -79,12 +79,12 @@ def number_token_ids(tokenizer: Any, count: int) -> list[int]:
     return ids
 
 
-def label_token_ids(tokenizer: Any, names: Sequence[str]) -> list[list[int]]:
-    """The token ids of each category name as a question writes it, after a space ("Is there a star")."""
+def label_token_ids(tokenizer: Any, names: Sequence[str], setting: str = "model.image_labels") -> list[list[int]]:
+    """The token ids of each label name as a question writes it, after a space ("Is there a star")."""
     ids = []
     for name in names:
         if not isinstance(name, str) or not name.strip():
-            raise InvalidInputError(f"model.image_labels: every entry must be a category name, got {name!r}")
+            raise InvalidInputError(f"{setting}: every entry must be a label name, got {name!r}")
         ids.append(tokenizer(f" {name.strip()}", add_special_tokens=False)["input_ids"])
     return ids
 
@@ -107,6 +107,11 @@ def build_model_and_processor(
     if config.image_labels:
         overrides["image_label_names"] = list(config.image_labels)
         overrides["image_label_token_ids"] = label_token_ids(tokenizer, config.image_labels)
+    if config.region_labels:
+        overrides["region_label_names"] = {field: list(names) for field, names in config.region_labels.items()}
+        overrides["region_label_token_ids"] = {
+            field: label_token_ids(tokenizer, names, f"model.region_labels.{field}")
+            for field, names in config.region_labels.items()}
     try:
         model_config = build_config(
             config.preset,
@@ -139,9 +144,9 @@ def parameter_groups(model: RegionGPTForConditionalGeneration) -> dict[str, list
                                       if part is not None]
     # The region-feature path: refinement plus, when configured, the shape encoder and the
     # grid position embedding (small-model extensions).
-    # The image label head reads the same refined map.
+    # The image label head reads the same refined map, the region label head the features pooled from it.
     spatial = [inner.feature_refiner] + [part for part in (inner.region_shape_encoder, inner.position_embedding,
-                                                           inner.image_label_head)
+                                                           inner.image_label_head, inner.region_label_head)
                                          if part is not None]
     return {
         "vision_tower": [inner.vision_tower],

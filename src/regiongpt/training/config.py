@@ -70,6 +70,15 @@ class ModelConfig:
         "the input embeddings of the names of the categories it sees, so a small model can match a question's "
         "\"Is there a star\" against the cells that hold one (model/image_labels.py). Every training region's "
         "category must be one of them. Empty = off.", default_factory=list)
+    region_labels: dict[str, list[str]] = _doc(
+        "For a preset: value names per labelled region field for a region label head (the model's "
+        "`region_label_names`), e.g. `{colour: [red, blue, ...], category: [circle, ...]}`: one linear head per "
+        "field on the pooled region feature marks each region token with the input embeddings of the names of "
+        "the values it predicts, so a small model can copy a region's colour into a caption and match a REC "
+        "phrase's words against the candidates (model/region_labels.py). Trained by its label loss in the "
+        "region-path pretraining and by `train.region_label_weight`. A field is `category` or a region "
+        "attribute; regions whose value is not listed are skipped by the loss. Empty = off.",
+        default_factory=dict)
     image_processor: Literal["square", "llava15"] = _doc(
         "Image transform for a preset: `square` (pad to square, resize to the model's image "
         "size) or `llava15` (LLaVA-1.5's pad, resize and centre crop).", default="square")
@@ -299,6 +308,11 @@ class TrainConfig:
         "pretraining and, with `train.region_aux_weight`, as one more auxiliary loss during training. "
         "Every training region needs a category. The head is a training device unless `model.image_labels` "
         "gives the model one of its own, which this loss then trains; 0 = off.", default=0.0)
+    region_label_weight: float = _doc(
+        "Weight of the label loss of the model's region label head (`model.region_labels`) during training "
+        "(after the region-path pretraining, where it weighs 1 like the other region heads). It keeps the marks "
+        "saying what the region path sees while the tower goes on learning. 0 = the head learns in pretraining "
+        "only.", default=1.0)
     region_pretrain_segmentation_weight: float | None = _doc(
         "The per-cell category loss's weight in the region-path pretraining only (null = "
         "`train.segmentation_weight`). There the region heads share the tower with it and at weight 2 the shapes "
@@ -701,6 +715,18 @@ def validate_config(config: TrainingConfig) -> None:
     if config.model.image_labels and not t.segmentation_weight:
         raise InvalidInputError("'model.image_labels' adds an image label head that only the per-cell category loss "
                                 "trains: set 'train.segmentation_weight' (e.g. 2.0), or drop 'model.image_labels'")
+    if t.region_label_weight < 0:
+        raise InvalidInputError(f"'train.region_label_weight' must be >= 0 (0 = off), got {t.region_label_weight}")
+    if config.model.region_labels:
+        labels = config.model.region_labels
+        if not isinstance(labels, dict) or not all(
+                isinstance(f, str) and isinstance(v, list) and len(v) >= 2 for f, v in labels.items()):
+            raise InvalidInputError("'model.region_labels' maps each field (category or a region attribute) to a list "
+                                    f"of at least two value names, e.g. {{colour: [red, blue]}}; got {labels!r}")
+        if not (t.region_pretrain_steps or t.region_label_weight):
+            raise InvalidInputError("'model.region_labels' adds a region label head that its label loss trains: set "
+                                    "'train.region_pretrain_steps' or 'train.region_label_weight', or drop "
+                                    "'model.region_labels'")
     for name in ("rec_pointer", "existence_pointer"):
         if getattr(t, f"{name}_weight") < 0:
             raise InvalidInputError(f"'train.{name}_weight' must be >= 0 (0 = off), got {getattr(t, f'{name}_weight')}")

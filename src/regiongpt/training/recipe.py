@@ -54,6 +54,7 @@ from .lora import load_lora_state, merged_state_dict, save_lora_state
 from .metrics import AnswerAccuracy, MetricsWriter, StepLog, answer_loss_sum, compact_logits, compact_targets
 from .rec_pointer import AttentionInputCapture, PointerLoss, digit_tokens, pointer_loss, rec_pointers
 from .region_aux import RegionAuxiliaryHeads
+from .region_labels import RegionLabelLoss
 from .region_pretrain import pretrain_region_path
 from .turn_attention import use_turn_attention
 
@@ -165,6 +166,10 @@ class TrainingRecipe:
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.total_steps)
         self._setup_region_aux()
+        # model.region_labels: the model's region label head keeps learning its labels (region_labels.py)
+        self.region_label_loss = (RegionLabelLoss(self.model)
+                                  if self.model.model.region_label_head is not None and cfg.train.region_label_weight
+                                  else None)
         self._setup_pointers()
 
         main = self.dist.is_main  # only rank 0 writes logs
@@ -405,7 +410,7 @@ class TrainingRecipe:
         if self.region_aux_optimizer is not None:
             self.region_aux_optimizer.zero_grad(set_to_none=True)
         accuracy = AnswerAccuracy()
-        loss_sum, tokens, aux_sum = 0.0, 0, 0.0
+        loss_sum, tokens, aux_sum, label_sum = 0.0, 0, 0.0, 0.0
         pointer_sums = {name: [0.0, 0.0, 0, 0] for name in self.pointers}  # attention, readout, rows, correct
         scale = distributed.loss_scale(self.dist) / max(1, n_tokens)
         for i, b in enumerate(micro):
@@ -445,6 +450,10 @@ class TrainingRecipe:
                                                                       vision.image_label_logits)
                     total = total + aux * (self.config.train.region_aux_weight / len(micro))
                     aux_sum += float(aux.detach()) / len(micro)
+                if self.region_label_loss is not None and outputs.region_embeds is not None:
+                    labels_loss = self.region_label_loss.loss(b.region_labels)
+                    total = total + labels_loss * (self.config.train.region_label_weight / len(micro))
+                    label_sum += float(labels_loss.detach()) / len(micro)
                 for name, supervised in self.pointers.items() if weight else ():
                     pointer, n_pointers = self._pointer_loss(name, b)
                     if pointer is not None:
@@ -480,6 +489,8 @@ class TrainingRecipe:
             loss_sum, tokens, sum(len(b.sequence_ids) for b in micro), sum(b.n_images for b in micro)])
         acc = distributed.merge_accuracy(self.dist, accuracy).compute()
         extra = {"region_aux_loss": aux_sum} if self.region_aux is not None else {}
+        if self.region_label_loss is not None:
+            extra["region_label_loss"] = label_sum
         for name, (attention, readout, rows, correct) in pointer_sums.items():
             extra[f"{name}_pointer_attention_loss"] = attention
             extra[f"{name}_pointer_readout_loss"] = readout

@@ -6,7 +6,9 @@ prior from the text first and then ignores the region token. Training the region
 (vision tower, refinement, shape encoder, position embedding) for a few hundred steps through
 linear heads on the regions' labels gives it features that separate regions; the language
 model then learns to read them (bench/demo_model.md: held-out classification went from chance
-to climbing within 300 steps). The heads are dropped afterwards.
+to climbing within 300 steps). The heads are dropped afterwards, except the model's own region
+label head (``model.region_labels``, model/region_labels.py), which learns its fields here from
+the first step on and stays.
 
 Labels (:class:`PretrainLabels`): the region's category, plus any categorical attributes
 named in ``train.region_pretrain_attributes`` (e.g. colour, texture, size), one softmax head
@@ -33,6 +35,7 @@ from torch.nn import functional as F
 from regiongpt.data.native import NativeRegion, NativeSample
 from regiongpt.errors import InvalidInputError
 
+from .region_labels import RegionLabelLoss
 from .segmentation import SegmentationHead
 
 CELL_COVER_THRESHOLD = 0.02  # fraction of an image-token cell a region must cover to count as present there
@@ -81,7 +84,7 @@ def region_path_parameters(model: nn.Module) -> list[nn.Parameter]:
     """Trainable parameters that shape the pooled region features (not the connector or the LLM)."""
     inner = model.model
     parts = [inner.vision_tower, inner.feature_refiner, inner.region_shape_encoder,
-             inner.image_label_head]
+             inner.image_label_head, inner.region_label_head]
     params = [p for part in parts if part is not None for p in part.parameters()]
     if inner.position_embedding is not None:
         params.append(inner.position_embedding)
@@ -150,7 +153,6 @@ def pretrain_region_path(model: nn.Module, processor, samples: Sequence[NativeSa
     trained = params + list(heads.parameters())
     image_head = None
     if labels.image_fields:
-        image_class_index = {v: i for i, v in enumerate(labels.image_classes)}
         image_head = nn.Linear(model.config.vision_feature_dim, len(labels.image_classes))
         trained += list(image_head.parameters())
     segmentation = None
@@ -164,35 +166,47 @@ def pretrain_region_path(model: nn.Module, processor, samples: Sequence[NativeSa
     rng = random.Random(seed)
     grid = model.config.image_grid_size
     losses = []
+    # the model's own region label head (model.region_labels) learns from the first step on
+    label_loss = RegionLabelLoss(model) if model.model.region_label_head is not None else None
+    if image_head is not None:
+        image_class_index = {v: i for i, v in enumerate(labels.image_classes)}
     model.train()
-    for _ in range(steps):
-        batch = rng.sample(labelled, min(batch_size, len(labelled)))
-        regions = [r for s in batch for r in s.regions]
-        visual = processor.prepare_images([str(s.image_path()) for s in batch],
-                                          [[{"segmentation": r.mask} if r.mask else {"box": r.box} for r in s.regions]
-                                           for s in batch])
-        masks = visual["region_masks"].to(device)
-        image_index = visual["region_image_index"].to(device)
-        vision = model.model.encode_images(visual["pixel_values"].to(device))
-        encode = model.model.pool_regions if heads_on == "features" else model.model.encode_regions
-        features = encode(vision, masks, image_index, visual["region_boxes"].to(device)).float()
-        loss = sum(F.cross_entropy(heads[f](features),
-                                   torch.tensor([index[f][region_label(r, f)] for r in regions], device=device))
-                   for f in labels.region_fields)
-        if image_head is not None:
-            classes = torch.tensor([image_class_index[labels.image_label(r, labels.image_fields)] for r in regions],
-                                   device=device)
-            targets = image_cell_targets(masks, image_index, classes, len(batch), grid, len(labels.image_classes))
-            logits = image_head(vision.image_features.float())  # (B, grid*grid, n_classes)
-            loss = loss + image_weight * image_cell_loss(logits, targets)
-        if segmentation is not None:
-            loss = loss + segmentation_weight * segmentation.loss(vision.region_maps, masks, image_index,
-                                                                  [r.category for r in regions],
-                                                                  vision.image_label_logits)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.detach().item())
+    try:
+        for _ in range(steps):
+            batch = rng.sample(labelled, min(batch_size, len(labelled)))
+            regions = [r for s in batch for r in s.regions]
+            visual = processor.prepare_images(
+                [str(s.image_path()) for s in batch],
+                [[{"segmentation": r.mask} if r.mask else {"box": r.box} for r in s.regions] for s in batch])
+            masks = visual["region_masks"].to(device)
+            image_index = visual["region_image_index"].to(device)
+            vision = model.model.encode_images(visual["pixel_values"].to(device))
+            encode = model.model.pool_regions if heads_on == "features" else model.model.encode_regions
+            features = encode(vision, masks, image_index, visual["region_boxes"].to(device)).float()
+            loss = sum(F.cross_entropy(heads[f](features),
+                                       torch.tensor([index[f][region_label(r, f)] for r in regions], device=device))
+                       for f in labels.region_fields)
+            if image_head is not None:
+                classes = torch.tensor([image_class_index[labels.image_label(r, labels.image_fields)] for r in regions],
+                                       device=device)
+                targets = image_cell_targets(masks, image_index, classes, len(batch), grid, len(labels.image_classes))
+                logits = image_head(vision.image_features.float())  # (B, grid*grid, n_classes)
+                loss = loss + image_weight * image_cell_loss(logits, targets)
+            if segmentation is not None:
+                loss = loss + segmentation_weight * segmentation.loss(vision.region_maps, masks, image_index,
+                                                                      [r.category for r in regions],
+                                                                      vision.image_label_logits)
+            if label_loss is not None:
+                if heads_on == "features":  # encode_regions (which runs the head) was not called
+                    model.model.region_label_head(features)
+                loss = loss + label_loss.loss([{f: region_label(r, f) for f in label_loss.index} for r in regions])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.detach().item())
+    finally:
+        if label_loss is not None:
+            label_loss.close()
     for param in trained:
         param.grad = None
     return losses
