@@ -505,6 +505,16 @@ def test_existence_pointer_supervision_trains_through_the_recipe(world, tmp_path
     assert 0 <= metrics["existence_pointer_acc"] <= 1 and "rec_pointer_acc" not in metrics
 
 
+def test_describe_pointer_supervision_trains_through_the_recipe(world, tmp_path):
+    recipe = make_recipe(world, tmp_path / "dptr", "train.max_steps=2", "data.val=[]",
+                         "train.describe_pointer_weight=1.0", "train.describe_pointer_head=2")
+    metrics = recipe.train()
+    assert metrics["describe_pointer_attention_loss"] > 0 and metrics["describe_pointer_readout_loss"] > 0
+    assert 0 <= metrics["describe_pointer_acc"] <= 1 and "rec_pointer_acc" not in metrics
+    with pytest.raises(InvalidInputError, match=r"'train.describe_pointer_weight' must be >= 0"):
+        make_recipe(world, tmp_path / "bad", "train.max_steps=1", "train.describe_pointer_weight=-1")
+
+
 @pytest.mark.parametrize("override, message", [
     ("train.existence_pointer_layer=-3", r"existence_pointer_layer is -3 but the language model has \d+ layers"),
     ("train.existence_pointer_head=-1", r"'train.existence_pointer_head' must be >= 0"),

@@ -339,6 +339,17 @@ class TrainConfig:
         "The language-model layer whose head `train.existence_pointer_weight` supervises (negative: from the last).",
         default=-1)
     existence_pointer_head: int = _doc("The attention head `train.existence_pointer_weight` supervises.", default=1)
+    describe_pointer_weight: float = _doc(
+        "Weight of an attention-supervision loss on answers that describe one region (classification and brief "
+        "captions): at each position that writes one of the answer's tokens, one head "
+        "(`train.describe_pointer_layer`, `train.describe_pointer_head`) is asked to attend to the asked region's "
+        "placeholder tokens and to write the token from what it reads there (training/describe_pointer.py). A "
+        "small model otherwise learned some caption words (the colour) from the region token only by chance "
+        "(bench/demo_model.md). Training only; the model is unchanged. 0 = off.", default=0.0)
+    describe_pointer_layer: int = _doc(
+        "The language-model layer whose head `train.describe_pointer_weight` supervises (negative: from the last).",
+        default=-1)
+    describe_pointer_head: int = _doc("The attention head `train.describe_pointer_weight` supervises.", default=2)
     log_every: int = _doc("Write training metrics every N steps.", default=1)
     progress: bool = _doc("Show a tqdm progress bar.", default=True)
 
@@ -727,7 +738,7 @@ def validate_config(config: TrainingConfig) -> None:
             raise InvalidInputError("'model.region_labels' adds a region label head that its label loss trains: set "
                                     "'train.region_pretrain_steps' or 'train.region_label_weight', or drop "
                                     "'model.region_labels'")
-    for name in ("rec_pointer", "existence_pointer"):
+    for name in ("rec_pointer", "existence_pointer", "describe_pointer"):
         if getattr(t, f"{name}_weight") < 0:
             raise InvalidInputError(f"'train.{name}_weight' must be >= 0 (0 = off), got {getattr(t, f'{name}_weight')}")
         if getattr(t, f"{name}_head") < 0:

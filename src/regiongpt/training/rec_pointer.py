@@ -19,7 +19,7 @@ forward pre-hook on the attention module), whatever attention implementation the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import groupby
 from typing import Any, Protocol
@@ -105,32 +105,45 @@ def rec_pointers(input_ids: torch.Tensor, answer_index: torch.Tensor, answer_tas
         return []
     tasks = frozenset(tasks)
     ids = input_ids.tolist()
-    index = answer_index.tolist()
-    placeholder = (input_ids == region_token_id)
-    ordinal = (placeholder.flatten().cumsum(0) - 1).view_as(input_ids).tolist()  # row-major placeholder order
-    region_of = region_token_index.tolist()
+    region_of = placeholder_regions(input_ids, region_token_id, region_token_index)
     pointers = []
-    for row, (row_ids, row_index) in enumerate(zip(ids, index)):
+    for row, a, question_start, start, end in answer_spans(answer_index):
+        row_ids = ids[row]
+        if answer_tasks[a] in tasks:
+            group = _first_digit_group(row_ids[start:end], digits)
+            candidates = [p for p in range(question_start, start) if row_ids[p] == region_token_id]
+            if group is not None and 1 <= int(group[1]) <= len(candidates):
+                k = int(group[1]) - 1
+                region = region_of[row][candidates[k]]
+                for offset in group[0]:
+                    query = start + offset - 1
+                    targets = tuple(p for p in range(query + 1) if region_of[row].get(p) == region)
+                    pointers.append(RecPointer(row, query, targets, tuple(candidates), k, row_ids[query + 1]))
+    return pointers
+
+
+def placeholder_regions(input_ids: torch.Tensor, region_token_id: int,
+                        region_token_index: torch.Tensor) -> list[dict[int, int]]:
+    """Per batch row, the region of each placeholder position (``region_token_index`` (P,) maps the
+    placeholders, in row-major order, to regions)."""
+    region_of = region_token_index.tolist()
+    rows: list[dict[int, int]] = [{} for _ in range(input_ids.shape[0])]
+    for ordinal, (row, position) in enumerate((input_ids == region_token_id).nonzero().tolist()):
+        rows[row][position] = region_of[ordinal]
+    return rows
+
+
+def answer_spans(answer_index: torch.Tensor) -> Iterator[tuple[int, int, int, int, int]]:
+    """(row, answer, question start, answer start, answer end) of each answer of an (N, L) answer
+    index (-1 = no answer): an answer's question is the text between its row's previous answer and it."""
+    for row, row_index in enumerate(answer_index.tolist()):
         question_start = 0
-        for a, run in groupby(range(len(row_ids)), key=row_index.__getitem__):  # one answer's tokens, or none
+        for a, run in groupby(range(len(row_index)), key=row_index.__getitem__):  # one answer's tokens, or none
             if a < 0:
                 continue
             positions = list(run)
-            start, end = positions[0], positions[-1] + 1
-            if answer_tasks[a] in tasks:
-                group = _first_digit_group(row_ids[start:end], digits)
-                candidates = [p for p in range(question_start, start) if row_ids[p] == region_token_id]
-                if group is not None and 1 <= int(group[1]) <= len(candidates):
-                    k = int(group[1]) - 1
-                    region = region_of[ordinal[row][candidates[k]]]
-                    for offset in group[0]:
-                        query = start + offset - 1
-                        targets = tuple(p for p in range(query + 1) if row_ids[p] == region_token_id
-                                        and region_of[ordinal[row][p]] == region)
-                        pointers.append(RecPointer(row, query, targets, tuple(candidates), k,
-                                                   row_ids[query + 1]))
-            question_start = end
-    return pointers
+            yield row, a, question_start, positions[0], positions[-1] + 1
+            question_start = positions[-1] + 1
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -283,5 +296,5 @@ def pointer_loss(capture: AttentionInputCapture, pointers: Sequence[SupervisedRo
     return PointerLoss(attention / n, read / n, correct)
 
 
-__all__ = ["AttentionInputCapture", "PointerLoss", "RecPointer", "SupervisedRow", "digit_tokens", "pointer_loss",
-           "rec_pointers", "visible_positions", "visible_rows"]
+__all__ = ["AttentionInputCapture", "PointerLoss", "RecPointer", "SupervisedRow", "answer_spans", "digit_tokens",
+           "placeholder_regions", "pointer_loss", "rec_pointers", "visible_positions", "visible_rows"]

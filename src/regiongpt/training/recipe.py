@@ -48,6 +48,7 @@ from .builders import (
 )
 from .config import TrainingConfig
 from .data import Batch, load_samples, stream_samples
+from .describe_pointer import describe_pointers
 from .existence_pointer import existence_pointers
 from .independent_turns import TURN_ATTENTION, attention_mask_for
 from .lora import load_lora_state, merged_state_dict, save_lora_state
@@ -59,7 +60,8 @@ from .region_pretrain import pretrain_region_path
 from .turn_attention import use_turn_attention
 
 STATE_VERSION = 1
-POINTER_TASKS = ("rec", "existence")  # train.<task>_pointer_weight: attention supervision of that task's answers
+# train.<name>_pointer_weight: attention supervision of REC, existence, or one-region description answers
+POINTER_TASKS = ("rec", "existence", "describe")
 
 
 @dataclass(frozen=True)
@@ -206,11 +208,11 @@ class TrainingRecipe:
                                                       betas=tuple(cfg.optim.betas), weight_decay=0.0)
 
     def _setup_pointers(self) -> None:
-        """``train.rec_pointer_weight`` / ``train.existence_pointer_weight``: capture the input of each
-        supervised head's attention module (``rec_pointer.py``, ``existence_pointer.py``); the
-        losses are added in ``train_step``."""
+        """``train.rec_pointer_weight`` / ``existence_pointer_weight`` / ``describe_pointer_weight``: capture the
+        input of each supervised head's attention module (``rec_pointer.py``, ``existence_pointer.py``,
+        ``describe_pointer.py``); the losses are added in ``train_step``."""
         t = self.config.train
-        self.pointers: dict[str, SupervisedHead] = {}  # "rec" / "existence" -> its head
+        self.pointers: dict[str, SupervisedHead] = {}  # "rec" / "existence" / "describe" -> its head
         wanted = [name for name in POINTER_TASKS if getattr(t, f"{name}_pointer_weight")]
         if not wanted:
             return
@@ -253,11 +255,14 @@ class TrainingRecipe:
                     "grid; it needs image_seq_length == image_grid_size ** 2")
 
     def _pointer_loss(self, name: str, b: Batch) -> tuple[PointerLoss | None, int]:
-        """The batch's attention supervision for ``name`` ("rec" or "existence") and its number of
+        """The batch's attention supervision for ``name`` ("rec", "existence" or "describe") and its number of
         supervised rows."""
         if name == "rec":
             rows = rec_pointers(b.inputs["input_ids"], b.answer_index, b.answer_tasks,
                                 self.processor.region_token_id, b.inputs.get("region_token_index"), self.rec_digits)
+        elif name == "describe":
+            rows = describe_pointers(b.inputs["input_ids"], b.answer_index, b.answer_tasks,
+                                     self.processor.region_token_id, b.inputs.get("region_token_index"))
         else:
             rows = existence_pointers(b.inputs["input_ids"], b.answer_index, b.answer_tasks, b.answer_evidence,
                                       self.processor.image_token_id, b.inputs.get("region_masks"),
