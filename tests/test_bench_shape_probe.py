@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+import torch
 
 from conftest import load_bench_script
 
@@ -57,3 +58,32 @@ def test_pretrain_and_probe_report_the_models_image_label_head(tokenizer, tmp_pa
     assert probe.main(["probe", str(tmp_path / "labelled"), "--world", str(world), "--train-images", "3"]) == 0
     rows = _rows(capsys.readouterr().out)
     assert len(rows) == 3 and rows[2][0].startswith("the model's own image label head")
+
+
+def test_region_label_probe_scores_the_models_region_label_head(tokenizer, tmp_path, capsys):
+    from conftest import make_model, make_processor
+
+    world = tmp_path / "world"
+    write_world(world, images=6, seed=3, width=64, height=64, val_fraction=0.5, progress=False)
+    probe = load_bench_script("region_label_probe")
+    model = make_model("tiny-clip-llama", tokenizer, region_label_names={"size": ["small", "medium", "large"]},
+                       region_label_token_ids={"size": [[5], [6], [7]]})
+    head = model.model.region_label_head.heads["size"]
+    with torch.no_grad():  # a head that says "large" for every region
+        head.weight.zero_()
+        head.bias.copy_(torch.tensor([0.0, 0.0, 30.0]))
+    model.save_pretrained(tmp_path / "labelled")
+    make_processor(model, tokenizer).save_pretrained(tmp_path / "labelled")
+    assert probe.main([str(tmp_path / "labelled"), "--world", str(world), "--batch", "2"]) == 0
+    out = capsys.readouterr().out
+    from regiongpt.data.native import read_native_jsonl
+
+    sizes = [r.attributes["size"] for s in read_native_jsonl(world / "native" / "val.jsonl") for r in s.regions]
+    assert f"| size | {sizes.count('large') / len(sizes):.3f} |" in out
+    ratio = float(re.search(r"mark length / region embedding length: (\d+\.\d+)", out).group(1))
+    assert 0.7 < ratio < 1.3  # one sure field: about as long as the token (names' lengths differ a little)
+    plain = make_model("tiny-clip-llama", tokenizer)
+    plain.save_pretrained(tmp_path / "plain")
+    make_processor(plain, tokenizer).save_pretrained(tmp_path / "plain")
+    with pytest.raises(SystemExit, match="no region label head"):
+        probe.main([str(tmp_path / "plain"), "--world", str(world)])
