@@ -34,7 +34,7 @@ ASSET = ROOT / "src" / "regiongpt" / "assets" / "demo-model"
 REC_ANSWERS = "direct"  # the world's REC answer style (bench/demo_model.md, "Sixth round")
 REC_PER_IMAGE = 6  # REC questions a training conversation (bench/demo_model.md, "Eleventh round")
 REC_PHRASES = "first"  # how the world's REC questions pick their phrases (`regiongpt synth --rec-phrases`)
-EXISTENCE_PER_IMAGE = 1  # yes/no questions a training conversation: this many present, as many absent
+EXISTENCE_PER_IMAGE = 2  # yes/no questions a training conversation: this many present, as many absent
 
 
 def run(command: list[str]) -> float:

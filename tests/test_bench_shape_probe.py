@@ -49,7 +49,7 @@ def test_pretrain_and_probe_report_the_models_image_label_head(tokenizer, tmp_pa
     row = _rows(capsys.readouterr().out)[-1]
     assert row[0] == "2 x 2" and all(0.0 <= float(v) <= 1.0 for v in row[3:5])
     with pytest.raises(SystemExit, match="add model.image_labels"):
-        probe.main(["pretrain", "--world", str(world), "train.region_pretrain_steps=1"])
+        probe.main(["pretrain", "--world", str(world), "train.region_pretrain_steps=1", "model.image_labels=[]"])
 
     model = make_model("tiny-clip-llama", tokenizer, image_label_names=list(CATEGORIES),
                        image_label_token_ids=[[5]] * len(CATEGORIES))

@@ -16,6 +16,9 @@ from typing import Literal
 from transformers import AutoConfig
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 
+from .image_labels import validate_label_token_ids
+from .region_labels import validate_region_label_token_ids
+
 
 def default_vision_feature_dim(vision_config: PreTrainedConfig, feature_layer: int) -> int:
     """Channels of the chosen vision feature layer: a ViT's width, or a CNN stage's channels."""
@@ -83,6 +86,16 @@ class RegionGPTConfig(PreTrainedConfig):
             small model's tokens for "1".."9"), so an answer naming a region ("Region [k]") can
             copy the number from the region token it attends to (region_number.py). Regions past
             the list get no mark. Empty = off.
+        image_label_names: the category names an image label head knows, in its class order
+            (saved so a checkpoint says what its head predicts; see image_labels.py).
+        image_label_token_ids: per category name, the token ids of the name as a question writes
+            it. Set: a per-cell category head on the refined map marks each image token with the
+            names of the categories it sees (image_labels.py). Empty = off.
+        region_label_names: per labelled field (e.g. "category", "colour"), the value names a region
+            label head knows, in its class order (saved so a checkpoint says what it predicts).
+        region_label_token_ids: per field, the token ids of each value name as a phrase writes it.
+            Set: one head per field on the pooled region feature marks each region token with the
+            names of the values it predicts (region_labels.py). Empty = off.
     """
 
     model_type = "regiongpt"
@@ -126,6 +139,10 @@ class RegionGPTConfig(PreTrainedConfig):
     region_shape_context: float = 0.0
     region_number_embedding: bool = False
     region_number_token_ids: list[int] | None = None
+    image_label_names: list[str] | None = None
+    image_label_token_ids: list[list[int]] | None = None
+    region_label_names: dict[str, list[str]] | None = None
+    region_label_token_ids: dict[str, list[list[int]]] | None = None
     projector_hidden_act: str = "gelu"
     multimodal_projector_bias: bool = True
     tie_word_embeddings: bool = False
@@ -174,6 +191,14 @@ class RegionGPTConfig(PreTrainedConfig):
         ids = self.region_number_token_ids or []
         if not isinstance(ids, (list, tuple)) or not all(isinstance(i, int) and i >= 0 for i in ids):
             raise ValueError(f"region_number_token_ids must be a list of token ids (ints >= 0), got {ids!r}")
+        if self.image_label_token_ids:
+            validate_label_token_ids(self.image_label_token_ids)
+            names = self.image_label_names
+            if names is not None and len(names) != len(self.image_label_token_ids):
+                raise ValueError(f"image_label_names has {len(names)} names but image_label_token_ids "
+                                 f"{len(self.image_label_token_ids)} entries; give one per category")
+        if self.region_label_token_ids:
+            validate_region_label_token_ids(self.region_label_token_ids, self.region_label_names)
         if self.region_shape_context and not self.region_shape_pixels:
             raise ValueError("region_shape_context needs region_shape_pixels=True (it widens that pixel crop)")
 

@@ -27,8 +27,10 @@ from transformers.utils import ModelOutput
 
 from .configuration_regiongpt import RegionGPTConfig
 from .connector import Connector
+from .image_labels import ImageLabelHead
 from .pooling import mask_pool, roi_box_pool
 from .refinement import FeatureRefiner
+from .region_labels import RegionLabelHead
 from .region_shape import RegionShapeEncoder
 from .region_number import RegionNumberEmbedding, number_token_marks
 from .region_number import region_numbers as region_numbers_in_image
@@ -51,6 +53,7 @@ class VisionFeatures(ModelOutput):
     region_maps: torch.Tensor | None = None  # (B, C, g*f, g*f) refined map for mask pooling
     coarse_maps: torch.Tensor | None = None  # (B, C, g, g) vision grid (RoI ablation)
     pixel_values: torch.Tensor | None = None  # (B, 3, S, S) the input, kept when the shape encoder reads pixels
+    image_label_logits: torch.Tensor | None = None  # (B, K+1, g*f, g*f) per-cell categories (image label head)
 
 
 @dataclass
@@ -114,6 +117,14 @@ class RegionGPTModel(RegionGPTPreTrainedModel):
         self.region_number_embedding = (
             RegionNumberEmbedding(text_dim) if config.region_number_embedding else None
         )
+        self.image_label_head = (
+            ImageLabelHead(config.vision_feature_dim, config.image_label_token_ids)
+            if config.image_label_token_ids else None
+        )
+        self.region_label_head = (
+            RegionLabelHead(config.vision_feature_dim, config.region_label_token_ids)
+            if config.region_label_token_ids else None
+        )
         self.language_model = AutoModel.from_config(config.text_config)
         self.post_init()
 
@@ -142,10 +153,18 @@ class RegionGPTModel(RegionGPTPreTrainedModel):
         refined, branch = self.feature_refiner.refine(coarse)  # (B, C, g*f, g*f)
         image_map = self.feature_refiner.image_map(coarse, branch, config.image_grid_size)  # (B, C, m, m)
         image_tokens = image_map.flatten(2).transpose(1, 2)  # (B, m*m, C)
+        image_embeds = self.connector(image_tokens)  # (B, m*m, D)
+        label_logits = None
+        if self.image_label_head is not None:
+            label_logits = self.image_label_head(refined)  # (B, K+1, g*f, g*f)
+            marks = self.image_label_head.marks(label_logits, config.image_grid_size, self.get_input_embeddings(),
+                                                image_embeds)
+            image_embeds = image_embeds + marks.to(image_embeds.dtype)
         keep_pixels = self.region_shape_encoder is not None and self.region_shape_encoder.pixels
-        return VisionFeatures(image_embeds=self.connector(image_tokens), image_features=image_tokens,
+        return VisionFeatures(image_embeds=image_embeds, image_features=image_tokens,
                               region_maps=refined, coarse_maps=coarse,
-                              pixel_values=pixel_values if keep_pixels else None)
+                              pixel_values=pixel_values if keep_pixels else None,
+                              image_label_logits=label_logits)
 
     def pool_regions(
         self,
@@ -191,6 +210,10 @@ class RegionGPTModel(RegionGPTPreTrainedModel):
         pooled = self.pool_regions(vision, region_masks, region_image_index, region_boxes)
         connector = self.region_connector if self.region_connector is not None else self.connector
         embeds = connector(pooled)
+        if self.region_label_head is not None:
+            # the training recipe reads the logits through a forward hook on the head (its label loss)
+            marks = self.region_label_head.marks(self.region_label_head(pooled), self.get_input_embeddings(), embeds)
+            embeds = embeds + marks.to(embeds.dtype)
         if self.region_number_embedding is not None or self.config.region_number_token_ids:
             index = region_image_index.to(embeds.device).long()
             numbers = (region_numbers_in_image(index) if region_numbers is None
