@@ -15,6 +15,7 @@ from regiongpt.errors import InvalidInputError
 from regiongpt.training.builders import build_train_loader
 from regiongpt.training.checkpointing import load_training_state
 from regiongpt.training.config import load_config
+from regiongpt.training.phrase_pointer import phrase_pointers
 from regiongpt.training.recipe import TrainingRecipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -513,6 +514,33 @@ def test_describe_pointer_supervision_trains_through_the_recipe(world, tmp_path)
     assert 0 <= metrics["describe_pointer_acc"] <= 1 and "rec_pointer_acc" not in metrics
     with pytest.raises(InvalidInputError, match=r"'train.describe_pointer_weight' must be >= 0"):
         make_recipe(world, tmp_path / "bad", "train.max_steps=1", "train.describe_pointer_weight=-1")
+
+
+def test_phrase_pointer_supervision_trains_through_the_recipe(world, tmp_path):
+    from regiongpt.data.synth.world import CATEGORIES
+
+    recipe = make_recipe(world, tmp_path / "pptr", "train.max_steps=2", "data.val=[]",
+                         "train.phrase_pointer_weight=1.0", "data.independent_tasks=[rec, existence]",
+                         f"model.image_labels=[{','.join(CATEGORIES)}]", "train.segmentation_weight=1.0",
+                         "train.region_aux_weight=0.5")
+    loader = build_train_loader(recipe.train_dataset, recipe.processor, recipe.config, 0, 1)
+    batch = next(iter(loader))
+    rows = phrase_pointers(batch.inputs["input_ids"], batch.answer_index, batch.answer_tasks, recipe.label_words,
+                           recipe.rec_digits)
+    asked = sum(task in ("rec", "existence") for task in batch.answer_tasks)
+    assert 0 < len(rows) <= asked  # one row per REC or yes/no answer that names a category
+    tokenizer = recipe.processor.tokenizer
+    for row in rows:  # the words it points at are category names of the question
+        words = tokenizer.decode(batch.inputs["input_ids"][row.row, list(row.targets)]).split()
+        assert words and set(words) <= set(CATEGORIES), words
+    metrics = recipe.train()
+    assert metrics["phrase_pointer_attention_loss"] > 0 and metrics["phrase_pointer_readout_loss"] == 0
+    assert 0 <= metrics["phrase_pointer_acc"] <= 1
+    with pytest.raises(InvalidInputError, match=r"phrase_pointer_weight points at the question's label words.*"
+                                                r"neither"):
+        make_recipe(world, tmp_path / "bad", "train.max_steps=1", "train.phrase_pointer_weight=1.0")
+    with pytest.raises(InvalidInputError, match=r"'train.phrase_pointer_weight' must be >= 0"):
+        make_recipe(world, tmp_path / "bad2", "train.max_steps=1", "train.phrase_pointer_weight=-1")
 
 
 @pytest.mark.parametrize("override, message", [

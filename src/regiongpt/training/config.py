@@ -350,6 +350,17 @@ class TrainConfig:
         "The language-model layer whose head `train.describe_pointer_weight` supervises (negative: from the last).",
         default=-1)
     describe_pointer_head: int = _doc("The attention head `train.describe_pointer_weight` supervises.", default=2)
+    phrase_pointer_weight: float = _doc(
+        "Weight of an attention-supervision loss on the first hop of REC and yes/no answers: at the position that "
+        "writes a REC digit or the first token of a yes/no answer, one head of an earlier layer "
+        "(`train.phrase_pointer_layer`, `train.phrase_pointer_head`) is asked to attend to the question's label "
+        "words (the names of `model.image_labels` and `model.region_labels`), so the answer's lookup (the REC and "
+        "existence pointers) can read the phrase there (training/phrase_pointer.py). Needs label names. Training "
+        "only; the model is unchanged. 0 = off.", default=0.0)
+    phrase_pointer_layer: int = _doc(
+        "The language-model layer whose head `train.phrase_pointer_weight` supervises (negative: from the last).",
+        default=-2)
+    phrase_pointer_head: int = _doc("The attention head `train.phrase_pointer_weight` supervises.", default=0)
     log_every: int = _doc("Write training metrics every N steps.", default=1)
     progress: bool = _doc("Show a tqdm progress bar.", default=True)
 
@@ -738,7 +749,7 @@ def validate_config(config: TrainingConfig) -> None:
             raise InvalidInputError("'model.region_labels' adds a region label head that its label loss trains: set "
                                     "'train.region_pretrain_steps' or 'train.region_label_weight', or drop "
                                     "'model.region_labels'")
-    for name in ("rec_pointer", "existence_pointer", "describe_pointer"):
+    for name in ("rec_pointer", "existence_pointer", "describe_pointer", "phrase_pointer"):
         if getattr(t, f"{name}_weight") < 0:
             raise InvalidInputError(f"'train.{name}_weight' must be >= 0 (0 = off), got {getattr(t, f'{name}_weight')}")
         if getattr(t, f"{name}_head") < 0:

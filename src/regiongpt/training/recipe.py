@@ -50,6 +50,7 @@ from .config import TrainingConfig
 from .data import Batch, load_samples, stream_samples
 from .describe_pointer import describe_pointers
 from .existence_pointer import existence_pointers
+from .phrase_pointer import label_word_sequences, phrase_pointers
 from .independent_turns import TURN_ATTENTION, attention_mask_for
 from .lora import load_lora_state, merged_state_dict, save_lora_state
 from .metrics import AnswerAccuracy, MetricsWriter, StepLog, answer_loss_sum, compact_logits, compact_targets
@@ -60,8 +61,9 @@ from .region_pretrain import pretrain_region_path
 from .turn_attention import use_turn_attention
 
 STATE_VERSION = 1
-# train.<name>_pointer_weight: attention supervision of REC, existence, or one-region description answers
-POINTER_TASKS = ("rec", "existence", "describe")
+# train.<name>_pointer_weight: attention supervision of REC, existence, or one-region description answers,
+# and of the phrase REC and existence answers look up
+POINTER_TASKS = ("rec", "existence", "describe", "phrase")
 
 
 @dataclass(frozen=True)
@@ -208,11 +210,12 @@ class TrainingRecipe:
                                                       betas=tuple(cfg.optim.betas), weight_decay=0.0)
 
     def _setup_pointers(self) -> None:
-        """``train.rec_pointer_weight`` / ``existence_pointer_weight`` / ``describe_pointer_weight``: capture the
-        input of each supervised head's attention module (``rec_pointer.py``, ``existence_pointer.py``,
-        ``describe_pointer.py``); the losses are added in ``train_step``."""
+        """``train.rec_pointer_weight`` / ``existence_pointer_weight`` / ``describe_pointer_weight`` /
+        ``phrase_pointer_weight``: capture the input of each supervised head's attention module
+        (``rec_pointer.py``, ``existence_pointer.py``, ``describe_pointer.py``, ``phrase_pointer.py``); the
+        losses are added in ``train_step``."""
         t = self.config.train
-        self.pointers: dict[str, SupervisedHead] = {}  # "rec" / "existence" / "describe" -> its head
+        self.pointers: dict[str, SupervisedHead] = {}  # "rec" / "existence" / "describe" / "phrase" -> its head
         wanted = [name for name in POINTER_TASKS if getattr(t, f"{name}_pointer_weight")]
         if not wanted:
             return
@@ -244,8 +247,15 @@ class TrainingRecipe:
             if layer not in captures:
                 captures[layer] = AttentionInputCapture(layers[layer].self_attn, f"train.{name}_pointer_weight")
             self.pointers[name] = SupervisedHead(captures[layer], head, getattr(t, f"{name}_pointer_weight"))
-        if "rec" in self.pointers:
+        if "rec" in self.pointers or "phrase" in self.pointers:
             self.rec_digits = digit_tokens(self.processor.tokenizer.get_vocab())
+        if "phrase" in self.pointers:
+            config = self.model.config
+            self.label_words = label_word_sequences(config.image_label_token_ids, config.region_label_token_ids)
+            if not self.label_words:
+                raise InvalidInputError("train.phrase_pointer_weight points at the question's label words, the names "
+                                        "of model.image_labels and model.region_labels; this model has neither: "
+                                        "set one of them or train.phrase_pointer_weight=0")
         if "existence" in self.pointers:
             config = self.model.config
             if config.image_seq_length != config.image_grid_size ** 2:
@@ -255,14 +265,17 @@ class TrainingRecipe:
                     "grid; it needs image_seq_length == image_grid_size ** 2")
 
     def _pointer_loss(self, name: str, b: Batch) -> tuple[PointerLoss | None, int]:
-        """The batch's attention supervision for ``name`` ("rec", "existence" or "describe") and its number of
-        supervised rows."""
+        """The batch's attention supervision for ``name`` ("rec", "existence", "describe" or "phrase") and its
+        number of supervised rows."""
         if name == "rec":
             rows = rec_pointers(b.inputs["input_ids"], b.answer_index, b.answer_tasks,
                                 self.processor.region_token_id, b.inputs.get("region_token_index"), self.rec_digits)
         elif name == "describe":
             rows = describe_pointers(b.inputs["input_ids"], b.answer_index, b.answer_tasks,
                                      self.processor.region_token_id, b.inputs.get("region_token_index"))
+        elif name == "phrase":
+            rows = phrase_pointers(b.inputs["input_ids"], b.answer_index, b.answer_tasks, self.label_words,
+                                   self.rec_digits)
         else:
             rows = existence_pointers(b.inputs["input_ids"], b.answer_index, b.answer_tasks, b.answer_evidence,
                                       self.processor.image_token_id, b.inputs.get("region_masks"),
@@ -272,7 +285,7 @@ class TrainingRecipe:
         lm = self.model.model.language_model
         supervised = self.pointers[name]
         losses = pointer_loss(supervised.capture, rows, supervised.head, b.inputs.get("attention_mask"),
-                              readout=lambda x: self.model.lm_head(lm.norm(x)))
+                              readout=None if name == "phrase" else lambda x: self.model.lm_head(lm.norm(x)))
         return losses, len(rows)
 
     def _checkpoint_to_resume(self) -> Path | None:
