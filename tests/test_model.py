@@ -303,6 +303,29 @@ def test_image_label_marks_add_the_names_of_what_each_cell_sees(tokenizer, image
         make_model("tiny-clip-llama", tokenizer, image_label_names=["star"], image_label_token_ids=names)
 
 
+def test_image_label_context_layers_let_a_cell_see_its_neighbours(tokenizer, image, tmp_path):
+    """image_label_context_layers: dilated 3x3 convolutions before the per-cell classifier widen what a
+    cell's label reads (1 + 2 * (1 + 2) = 7 cells across for two layers); 0 keeps the 1x1 head."""
+    names = [[7], [8, 9]]
+    model = make_model("tiny-clip-llama", tokenizer, image_label_names=["star", "heart"], image_label_token_ids=names,
+                       image_label_context_layers=2)
+    head = model.model.image_label_head
+    assert [layer[0].dilation for layer in head.context] == [(1, 1), (2, 2)]
+    maps = torch.zeros(1, model.config.vision_feature_dim, 12, 12, requires_grad=True)
+    head(maps)[0, :, 6, 6].sum().backward()
+    reached = maps.grad.abs().sum((0, 1)) > 0  # (12, 12): the cells cell (6, 6)'s logits read
+    assert reached[6, 3] and reached[6, 9] and reached[3, 6] and not reached[6, 2] and not reached[6, 10]
+    model.save_pretrained(tmp_path / "ctx")  # the convolutions travel with the checkpoint
+    again = type(model).from_pretrained(tmp_path / "ctx")
+    probe = torch.randn(1, model.config.vision_feature_dim, 12, 12)
+    torch.testing.assert_close(again.model.image_label_head(probe), head(probe))
+    plain = make_model("tiny-clip-llama", tokenizer, image_label_names=["star", "heart"], image_label_token_ids=names)
+    assert len(plain.model.image_label_head.context) == 0
+    assert set(plain.model.image_label_head.state_dict()) == {"head.weight", "head.bias"}  # older checkpoints load
+    with pytest.raises(ValueError, match="image_label_context_layers must be an int >= 0"):
+        make_model("tiny-clip-llama", tokenizer, image_label_token_ids=names, image_label_context_layers=-1)
+
+
 def test_region_label_marks_add_the_names_of_what_the_region_head_predicts(tokenizer, image):
     """Region tokens get, per field, softmax(head(pooled)) @ mean-embedding(names), each field rescaled to the
     token's length over sqrt(fields); the probabilities carry no gradient."""
