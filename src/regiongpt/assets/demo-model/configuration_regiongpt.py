@@ -91,6 +91,9 @@ class RegionGPTConfig(PreTrainedConfig):
         image_label_token_ids: per category name, the token ids of the name as a question writes
             it. Set: a per-cell category head on the refined map marks each image token with the
             names of the categories it sees (image_labels.py). Empty = off.
+        image_label_context_layers: depthwise-separable 3x3 convolutions (dilations 1, 2, 4, ...) the image label head
+            runs on the refined map before its per-cell classifier, so a cell's category is read
+            from the shape around it, not the cell alone (0 = a 1x1 classifier only).
         region_label_names: per labelled field (e.g. "category", "colour"), the value names a region
             label head knows, in its class order (saved so a checkpoint says what it predicts).
         region_label_token_ids: per field, the token ids of each value name as a phrase writes it.
@@ -141,6 +144,7 @@ class RegionGPTConfig(PreTrainedConfig):
     region_number_token_ids: list[int] | None = None
     image_label_names: list[str] | None = None
     image_label_token_ids: list[list[int]] | None = None
+    image_label_context_layers: int = 0
     region_label_names: dict[str, list[str]] | None = None
     region_label_token_ids: dict[str, list[list[int]]] | None = None
     projector_hidden_act: str = "gelu"
@@ -191,6 +195,9 @@ class RegionGPTConfig(PreTrainedConfig):
         ids = self.region_number_token_ids or []
         if not isinstance(ids, (list, tuple)) or not all(isinstance(i, int) and i >= 0 for i in ids):
             raise ValueError(f"region_number_token_ids must be a list of token ids (ints >= 0), got {ids!r}")
+        if not isinstance(self.image_label_context_layers, int) or self.image_label_context_layers < 0:
+            raise ValueError("image_label_context_layers must be an int >= 0 (0 = a 1x1 classifier only), got "
+                             f"{self.image_label_context_layers!r}")
         if self.image_label_token_ids:
             validate_label_token_ids(self.image_label_token_ids)
             names = self.image_label_names

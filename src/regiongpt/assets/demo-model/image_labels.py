@@ -7,7 +7,10 @@ chance (0.50) while its tower alone told a map cell's category apart (bench/demo
 eighth to thirteenth rounds): the missing piece was the lookup from a word to the cells.
 
 With ``image_label_token_ids`` set, a 1x1 convolution on the refined map (the map regions are
-pooled from) predicts each cell's category (the last class: background). It is trained by the
+pooled from) predicts each cell's category (the last class: background), optionally after a few
+dilated depthwise-separable 3x3 convolutions (``image_label_context_layers``): a 1x1 classifier sees one cell of a
+shape, and the built-in model's largest per-cell probability told a present category from an
+absent one only 0.63 of the time (bench/demo_model.md, fifteenth round). It is trained by the
 per-cell category loss (``train.segmentation_weight``, training/segmentation.py). Each image
 token then gets, for every category, the largest probability of that category among its map
 cells times the input embedding of the category's name (rescaled to the token's length): a token
@@ -30,16 +33,25 @@ from .region_labels import name_embeddings
 class ImageLabelHead(nn.Module):
     """Per-cell category logits on the refined map and the name marks they put on image tokens."""
 
-    def __init__(self, channels: int, token_ids: list[list[int]]):
+    def __init__(self, channels: int, token_ids: list[list[int]], context_layers: int = 0):
         super().__init__()
         self.n_labels = len(token_ids)
+        # residual depthwise-separable 3x3 convolutions, dilations 1, 2, 4, ...: a cell sees the shape it is
+        # part of, for ~1/9 of a full convolution's cost
+        self.context = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(channels, channels, kernel_size=3, padding=2 ** i, dilation=2 ** i, groups=channels),
+                          nn.Conv2d(channels, channels, kernel_size=1))
+            for i in range(context_layers))
         self.head = nn.Conv2d(channels, self.n_labels + 1, kernel_size=1)
         # plain lists, not buffers: from_pretrained leaves non-persistent buffers uninitialised
         self.token_ids = [list(ids) for ids in token_ids]
 
     def forward(self, region_maps: torch.Tensor) -> torch.Tensor:  # (B, C, h, w) -> (B, K+1, h, w)
         """Per-cell logits of the K categories and, last, the background."""
-        return self.head(region_maps.to(self.head.weight.dtype))
+        x = region_maps.to(self.head.weight.dtype)
+        for conv in self.context:
+            x = x + F.gelu(conv(x))
+        return self.head(x)
 
     def marks(self, logits: torch.Tensor, grid: int, embeddings: nn.Embedding,
               image_embeds: torch.Tensor) -> torch.Tensor:  # (B, grid*grid, D)

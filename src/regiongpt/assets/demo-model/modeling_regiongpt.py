@@ -118,7 +118,8 @@ class RegionGPTModel(RegionGPTPreTrainedModel):
             RegionNumberEmbedding(text_dim) if config.region_number_embedding else None
         )
         self.image_label_head = (
-            ImageLabelHead(config.vision_feature_dim, config.image_label_token_ids)
+            ImageLabelHead(config.vision_feature_dim, config.image_label_token_ids,
+                           config.image_label_context_layers)
             if config.image_label_token_ids else None
         )
         self.region_label_head = (
