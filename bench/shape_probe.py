@@ -223,7 +223,8 @@ def pretrain(args: argparse.Namespace) -> int:
     pretrain_region_path(model, processor, train_samples, t.region_pretrain_steps, t.region_pretrain_lr, batch, t.seed,
                          torch.device("cpu"), attributes=t.region_pretrain_attributes,
                          image_labels=t.region_pretrain_image_labels, image_weight=t.region_pretrain_image_weight,
-                         heads_on=t.region_pretrain_heads_on, segmentation_weight=weight)
+                         heads_on=t.region_pretrain_heads_on, segmentation_weight=weight,
+                         segmentation_presence_weight=t.segmentation_presence_weight)
     seconds = time.time() - start
     model.eval()
     names = model.config.image_label_names

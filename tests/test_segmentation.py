@@ -59,3 +59,25 @@ def test_cover_gives_each_cell_the_share_each_category_covers():
     assert cover[1, :, 0, 0].tolist() == [0.0, 0.0, 1.0]
     overlapping = segmentation_cover(torch.ones(2, 4, 4), torch.tensor([0, 0]), torch.tensor([0, 1]), 1, 1, 2)
     assert torch.allclose(overlapping[0, :, 0, 0], torch.tensor([0.5, 0.5, 0.0]))  # clipped to the whole cell
+
+
+def test_presence_term_scores_each_categorys_largest_cell_against_what_the_image_shows():
+    masks = torch.zeros(1, 8, 8)
+    masks[0, :4, :4] = 1  # image 0 shows a star in its top-left cell; image 1 shows nothing
+    index, categories = torch.tensor([0]), ["star"]
+    logits = torch.zeros(2, 3, 2, 2)  # classes: circle, star, background
+    logits[0, 1, 0, 0] = 4.0  # image 0: sure of the star where it is
+    logits[1, 0, 1, 1] = 4.0  # image 1: one confident circle cell, though the image shows none
+    plain = SegmentationHead(4, ["circle", "star"])
+    with_presence = SegmentationHead(4, ["circle", "star"], presence_weight=2.0)
+    maps = torch.zeros(2, 4, 2, 2)
+    base = plain.loss(maps, masks, index, categories, logits=logits)
+    largest = logits.softmax(1)[:, :2].amax((2, 3))  # (2 images, 2 categories)
+    shown = torch.tensor([[0.0, 1.0], [0.0, 0.0]])
+    expected = base + 2.0 * torch.nn.functional.binary_cross_entropy(largest, shown)
+    torch.testing.assert_close(with_presence.loss(maps, masks, index, categories, logits=logits), expected)
+    # the wrong "yes" is what the term pushes down: its gradient raises the circle cell's loss
+    wrong = logits.clone().requires_grad_(True)
+    (with_presence.loss(maps, masks, index, categories, logits=wrong)
+     - plain.loss(maps, masks, index, categories, logits=wrong)).backward()
+    assert wrong.grad[1, 0, 1, 1] > 0

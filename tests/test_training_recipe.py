@@ -516,6 +516,22 @@ def test_describe_pointer_supervision_trains_through_the_recipe(world, tmp_path)
         make_recipe(world, tmp_path / "bad", "train.max_steps=1", "train.describe_pointer_weight=-1")
 
 
+def test_segmentation_presence_term_trains_in_pretraining_and_training(world, tmp_path):
+    from regiongpt.data.synth.world import CATEGORIES
+
+    recipe = make_recipe(world, tmp_path / "pres", "train.max_steps=2", "data.val=[]", "train.segmentation_weight=1.0",
+                         "train.segmentation_presence_weight=2.0", "train.region_aux_weight=0.5",
+                         "train.region_pretrain_steps=1", f"model.image_labels=[{','.join(CATEGORIES)}]")
+    assert recipe.region_aux.segmentation.presence_weight == 2.0
+    metrics = recipe.train()
+    assert torch.isfinite(torch.tensor(metrics["loss"]))
+    with pytest.raises(InvalidInputError, match=r"'train.segmentation_presence_weight' must be >= 0"):
+        make_recipe(world, tmp_path / "bad", "train.max_steps=1", "train.segmentation_presence_weight=-1")
+    with pytest.raises(InvalidInputError, match=r"segmentation_presence_weight' is a term of the per-cell category "
+                                                r"loss: set 'train.segmentation_weight'"):
+        make_recipe(world, tmp_path / "bad2", "train.max_steps=1", "train.segmentation_presence_weight=1")
+
+
 def test_phrase_pointer_supervision_trains_through_the_recipe(world, tmp_path):
     from regiongpt.data.synth.world import CATEGORIES
 

@@ -308,6 +308,12 @@ class TrainConfig:
         "pretraining and, with `train.region_aux_weight`, as one more auxiliary loss during training. "
         "Every training region needs a category. The head is a training device unless `model.image_labels` "
         "gives the model one of its own, which this loss then trains; 0 = off.", default=0.0)
+    segmentation_presence_weight: float = _doc(
+        "Weight of an image-level term in the per-cell category loss (`train.segmentation_weight`, in the "
+        "region-path pretraining and during training): per category, the binary cross-entropy of its largest "
+        "per-cell probability against whether the image shows it. Image label marks (`model.image_labels`) carry "
+        "those largest probabilities, so this is what a yes/no question reads: one confident cell of an absent "
+        "category is a wrong \"yes\". 0 = off.", default=0.0)
     region_label_weight: float = _doc(
         "Weight of the label loss of the model's region label head (`model.region_labels`) during training "
         "(after the region-path pretraining, where it weighs 1 like the other region heads). It keeps the marks "
@@ -730,6 +736,12 @@ def validate_config(config: TrainingConfig) -> None:
     if t.region_pretrain_segmentation_weight is not None and t.region_pretrain_segmentation_weight < 0:
         raise InvalidInputError("'train.region_pretrain_segmentation_weight' must be >= 0 or null (= "
                                 f"train.segmentation_weight), got {t.region_pretrain_segmentation_weight}")
+    if t.segmentation_presence_weight < 0:
+        raise InvalidInputError("'train.segmentation_presence_weight' must be >= 0 (0 = off), got "
+                                f"{t.segmentation_presence_weight}")
+    if t.segmentation_presence_weight and not (t.segmentation_weight or t.region_pretrain_segmentation_weight):
+        raise InvalidInputError("'train.segmentation_presence_weight' is a term of the per-cell category loss: set "
+                                "'train.segmentation_weight' (or 'train.region_pretrain_segmentation_weight') too")
     if t.segmentation_weight and not (t.region_pretrain_steps or t.region_aux_weight):
         raise InvalidInputError("'train.segmentation_weight' acts in the region-path pretraining and through the "
                                 "auxiliary losses: set 'train.region_pretrain_steps' or 'train.region_aux_weight' "

@@ -204,7 +204,7 @@ class TrainingRecipe:
             self.train_samples, cfg.train.region_pretrain_attributes, self.model.config.text_config.hidden_size,
             cfg.train.region_pretrain_image_labels, cfg.train.region_pretrain_image_weight,
             self.model.config.image_grid_size, cfg.train.segmentation_weight, self.model.config.vision_feature_dim,
-            self.model,
+            self.model, cfg.train.segmentation_presence_weight,
         ).to(self.device)
         self.region_aux_optimizer = torch.optim.AdamW(self.region_aux.parameters(), lr=cfg.optim.lr,
                                                       betas=tuple(cfg.optim.betas), weight_decay=0.0)
@@ -387,7 +387,8 @@ class TrainingRecipe:
                                       image_labels=cfg.train.region_pretrain_image_labels,
                                       image_weight=cfg.train.region_pretrain_image_weight,
                                       heads_on=cfg.train.region_pretrain_heads_on,
-                                      segmentation_weight=cfg.train.pretrain_segmentation_weight())
+                                      segmentation_weight=cfg.train.pretrain_segmentation_weight(),
+                                      segmentation_presence_weight=cfg.train.segmentation_presence_weight)
         self.metrics.write(0, "region_pretrain", {"loss_first": losses[0], "loss_last": losses[-1],
                                                   "steps": len(losses)})
 

@@ -124,7 +124,8 @@ def image_cell_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
 def pretrain_region_path(model: nn.Module, processor, samples: Sequence[NativeSample], steps: int, lr: float,
                          batch_size: int, seed: int, device: torch.device, attributes: Sequence[str] = (),
                          image_labels: Sequence[str] = (), image_weight: float = 0.25,
-                         heads_on: str = "features", segmentation_weight: float = 0.0) -> list[float]:
+                         heads_on: str = "features", segmentation_weight: float = 0.0,
+                         segmentation_presence_weight: float = 0.0) -> list[float]:
     """Train the region path (and, with ``image_labels``, the image tokens) for ``steps`` steps.
 
     Returns the summed, weighted head losses per step. ``heads_on="features"``: the region
@@ -157,7 +158,8 @@ def pretrain_region_path(model: nn.Module, processor, samples: Sequence[NativeSa
         trained += list(image_head.parameters())
     segmentation = None
     if segmentation_weight:
-        segmentation = SegmentationHead.for_model(model, labels.region_classes["category"])
+        segmentation = SegmentationHead.for_model(model, labels.region_classes["category"],
+                                                  segmentation_presence_weight)
         trained += list(segmentation.parameters())
     for part in (heads, image_head, segmentation):
         if part is not None:

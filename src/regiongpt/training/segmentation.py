@@ -67,12 +67,16 @@ class SegmentationHead(nn.Module):
 
     ``classes``: the category names in head order; the background is the last class. Its
     weight in the cross-entropy is ``background_weight`` (most cells are background, and a
-    head that says "background" everywhere is right most of the time).
+    head that says "background" everywhere is right most of the time). ``presence_weight`` adds
+    an image-level term: for each category, the binary cross-entropy of its largest per-cell
+    probability against whether the image shows it (what image label marks tell a yes/no question:
+    one confident cell of an absent category is a wrong "yes").
     """
 
     def __init__(self, channels: int, classes: Sequence[str], background_weight: float = 0.2,
-                 model_head: nn.Module | None = None):
+                 model_head: nn.Module | None = None, presence_weight: float = 0.0):
         super().__init__()
+        self.presence_weight = presence_weight
         self.index = {name: i for i, name in enumerate(classes)}
         self.background = len(classes)
         # the model's own image label head (not registered here: the model's optimiser trains it)
@@ -83,19 +87,19 @@ class SegmentationHead(nn.Module):
         self.register_buffer("class_weight", class_weight, persistent=False)
 
     @classmethod
-    def for_model(cls, model: nn.Module, classes: Sequence[str]) -> "SegmentationHead":
+    def for_model(cls, model: nn.Module, classes: Sequence[str], presence_weight: float = 0.0) -> "SegmentationHead":
         """The loss on the model's image label head when it has one (``classes``: the training
         regions' categories, each of which it must know), else on a head of its own."""
         inner = model.model
         label_head = inner.image_label_head
         if label_head is None:
-            return cls(model.config.vision_feature_dim, classes)
+            return cls(model.config.vision_feature_dim, classes, presence_weight=presence_weight)
         names = list(model.config.image_label_names or [])
         unknown = [c for c in classes if c not in names]
         if unknown:
             raise InvalidInputError(f"training regions have categories the model's image labels do not name: "
                                     f"{unknown[:5]}; add them to model.image_labels (it has {names})")
-        return cls(model.config.vision_feature_dim, names, model_head=label_head)
+        return cls(model.config.vision_feature_dim, names, model_head=label_head, presence_weight=presence_weight)
 
     def forward(self, region_maps: torch.Tensor) -> torch.Tensor:
         """(B, K+1, h, w) logits."""
@@ -115,7 +119,12 @@ class SegmentationHead(nn.Module):
         targets = segmentation_cover(region_masks[rows], region_image_index[rows], classes, region_maps.shape[0],
                                      region_maps.shape[-1], self.background)
         logits = self(region_maps) if logits is None else logits.float()
-        return F.cross_entropy(logits, targets, weight=self.class_weight)
+        loss = F.cross_entropy(logits, targets, weight=self.class_weight)
+        if self.presence_weight:
+            shown = (targets[:, : self.background].amax((2, 3)) > 0).float()  # (B, K): the image shows k
+            largest = logits.softmax(1)[:, : self.background].amax((2, 3)).clamp(1e-6, 1 - 1e-6)  # (B, K)
+            loss = loss + self.presence_weight * F.binary_cross_entropy(largest, shown)
+        return loss
 
     @staticmethod
     def categories_of(records: Sequence[Mapping[str, str]]) -> list[str | None]:
