@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from transformers import LlamaConfig, LlamaModel
 
-from regiongpt.training.existence_pointer import ExistencePointer, existence_pointers
-from regiongpt.training.rec_pointer import AttentionInputCapture, pointer_loss
+from regiongpt.training.existence_pointer import existence_pointers
+from regiongpt.training.rec_pointer import AttentionInputCapture, TargetPointer, pointer_loss
 from regiongpt.training.region_pretrain import region_cells
 
 IMG = 98  # image placeholder id
@@ -60,8 +60,8 @@ def test_pointer_loss_teaches_a_head_to_look_at_the_cells_or_at_the_first_token(
     model = LlamaModel(config)
     capture = AttentionInputCapture(model.layers[1].self_attn, "train.existence_pointer_weight")
     ids = torch.randint(0, 120, (2, 10))
-    yes = ExistencePointer(0, 9, (3, 4), (0, 1, 2, 5), 7)
-    no = ExistencePointer(1, 9, (0,), (1, 2, 3, 4, 5), 8)
+    yes = TargetPointer(0, 9, (3, 4), (0, 1, 2, 5), 7)
+    no = TargetPointer(1, 9, (0,), (1, 2, 3, 4, 5), 8)
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
     for _ in range(40):

@@ -18,36 +18,18 @@ and "No" from the first token. The attention is recomputed as for REC (``rec_poi
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from itertools import groupby
 
 import torch
 
+from .rec_pointer import TargetPointer
 from .region_pretrain import region_cells
-
-
-@dataclass(frozen=True)
-class ExistencePointer:
-    """One supervised attention row: in batch row ``row`` the query at ``query`` (which writes
-    ``token``) should attend to ``targets``; the pointer is right when it puts more attention
-    there than on ``others`` (the first token and the remaining image tokens)."""
-
-    row: int
-    query: int
-    targets: tuple[int, ...]
-    others: tuple[int, ...]
-    token: int
-    answer: int = 0  # ``targets`` is the first of ``choices``
-
-    @property
-    def choices(self) -> tuple[tuple[int, ...], ...]:
-        return (self.targets, self.others)
 
 
 def existence_pointers(input_ids: torch.Tensor, answer_index: torch.Tensor, answer_tasks: Sequence[str],
                        answer_evidence: Sequence[tuple[int, ...] | None], image_token_id: int,
                        region_masks: torch.Tensor | None, region_image_index: torch.Tensor | None, grid: int,
-                       tasks: Iterable[str] = ("existence",)) -> list[ExistencePointer]:
+                       tasks: Iterable[str] = ("existence",)) -> list[TargetPointer]:
     """The supervised rows of a batch: one per answer of ``tasks`` whose evidence is known.
 
     ``input_ids`` / ``answer_index`` are (N, L); row n's regions are the rows of ``region_masks``
@@ -85,8 +67,8 @@ def existence_pointers(input_ids: torch.Tensor, answer_index: torch.Tensor, answ
                     continue
                 targets = tuple(p for c, p in enumerate(image) if c in held)
                 others = (0, *(p for c, p in enumerate(image) if c not in held))
-            pointers.append(ExistencePointer(row, start - 1, targets, others, row_ids[start]))
+            pointers.append(TargetPointer(row, start - 1, targets, others, row_ids[start]))
     return pointers
 
 
-__all__ = ["ExistencePointer", "existence_pointers"]
+__all__ = ["existence_pointers"]

@@ -20,31 +20,12 @@ recomputed as for REC.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
 import torch
 
-from .rec_pointer import answer_spans
+from .rec_pointer import TargetPointer, answer_spans
 
 PHRASE_TASKS = ("rec", "existence")  # answers that look a phrase up
-
-
-@dataclass(frozen=True)
-class PhrasePointer:
-    """One supervised attention row: in batch row ``row`` the query at ``query`` (which writes
-    ``token``) should attend to ``targets`` (the question's label-word tokens); the pointer is right
-    when it puts more attention there than on every other position it sees (``others``)."""
-
-    row: int
-    query: int
-    targets: tuple[int, ...]
-    others: tuple[int, ...]
-    token: int
-    answer: int = 0  # ``targets`` is the first of ``choices``
-
-    @property
-    def choices(self) -> tuple[tuple[int, ...], ...]:
-        return (self.targets, self.others)
 
 
 def label_word_sequences(image_label_token_ids: Sequence[Sequence[int]] | None,
@@ -76,7 +57,7 @@ def label_word_positions(ids: Sequence[int], start: int, end: int,
 
 def phrase_pointers(input_ids: torch.Tensor, answer_index: torch.Tensor, answer_tasks: Sequence[str],
                     words: Sequence[tuple[int, ...]], digits: Iterable[int],
-                    tasks: Iterable[str] = PHRASE_TASKS) -> list[PhrasePointer]:
+                    tasks: Iterable[str] = PHRASE_TASKS) -> list[TargetPointer]:
     """The supervised rows of a batch: for each answer of ``tasks`` whose question (the text since the
     previous answer of its row) holds label words, the query that writes the answer's first digit
     (REC: "Region [k]"; answers with no digit, such as "Yes." / "No.", the first token).
@@ -98,8 +79,8 @@ def phrase_pointers(input_ids: torch.Tensor, answer_index: torch.Tensor, answer_
         query = written - 1
         held = set(targets)
         others = tuple(p for p in range(query + 1) if p not in held)
-        pointers.append(PhrasePointer(row, query, tuple(targets), others, row_ids[written]))
+        pointers.append(TargetPointer(row, query, tuple(targets), others, row_ids[written]))
     return pointers
 
 
-__all__ = ["PHRASE_TASKS", "PhrasePointer", "label_word_positions", "label_word_sequences", "phrase_pointers"]
+__all__ = ["PHRASE_TASKS", "label_word_positions", "label_word_sequences", "phrase_pointers"]

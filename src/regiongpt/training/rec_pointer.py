@@ -50,6 +50,25 @@ class RecPointer:
         return tuple((c,) for c in self.candidates)
 
 
+@dataclass(frozen=True)
+class TargetPointer:
+    """One supervised attention row whose targets compete with everything else the query sees: in
+    batch row ``row`` the query at ``query`` (which writes ``token``) should attend to ``targets``;
+    the pointer is right when it puts more attention there than on ``others`` (existence: the
+    first token and the remaining image tokens; phrase: every other position before the query)."""
+
+    row: int
+    query: int
+    targets: tuple[int, ...]
+    others: tuple[int, ...]
+    token: int
+    answer: int = 0  # ``targets`` is the first of ``choices``
+
+    @property
+    def choices(self) -> tuple[tuple[int, ...], ...]:
+        return (self.targets, self.others)
+
+
 class SupervisedRow(Protocol):
     """What :func:`pointer_loss` needs of one supervised attention row (REC and existence pointers)."""
 
@@ -296,5 +315,5 @@ def pointer_loss(capture: AttentionInputCapture, pointers: Sequence[SupervisedRo
     return PointerLoss(attention / n, read / n, correct)
 
 
-__all__ = ["AttentionInputCapture", "PointerLoss", "RecPointer", "SupervisedRow", "answer_spans", "digit_tokens",
-           "placeholder_regions", "pointer_loss", "rec_pointers", "visible_positions", "visible_rows"]
+__all__ = ["AttentionInputCapture", "PointerLoss", "RecPointer", "SupervisedRow", "TargetPointer", "answer_spans",
+           "digit_tokens", "placeholder_regions", "pointer_loss", "rec_pointers", "visible_positions", "visible_rows"]
