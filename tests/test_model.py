@@ -360,3 +360,16 @@ def test_region_label_marks_add_the_names_of_what_the_region_head_predicts(token
     with pytest.raises(ValueError, match="must name the same fields"):
         make_model("tiny-clip-llama", tokenizer, region_label_names={"colour": ["red", "blue"]},
                    region_label_token_ids=ids)
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (dict(imag_size=64), r"unknown field 'imag_size' in RegionGPTConfig overrides; did you mean 'image_size'\?"),
+    (dict(text_overrides={"hiden_size": 8}), r"'hiden_size' in text_overrides \(llama config\); did you mean 'hidden_size'"),
+    (dict(vision_overrides={"embedding_size:32": None}), r"YAML needs a space after each colon"),
+])
+def test_preset_overrides_with_unknown_fields_are_refused(overrides, expected):
+    from regiongpt.model import build_config
+
+    with pytest.raises(ValueError, match=expected):
+        build_config("tiny-resnet-llama", **overrides)
+    assert build_config("tiny-resnet-llama", image_size=96, vision_overrides={"depths": [2, 1]}).vision_config.depths == [2, 1]

@@ -6,7 +6,11 @@ fields, and ``vision_overrides`` / ``text_overrides`` replace sub-config fields.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+import difflib
+from collections.abc import Callable, Iterable
+
+from transformers import CONFIG_MAPPING
 
 from .configuration_regiongpt import RegionGPTConfig
 
@@ -78,7 +82,29 @@ def build_config(name: str, vision_overrides: dict | None = None, text_overrides
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
     fields = PRESETS[name]()
-    fields["vision_config"] = {**fields["vision_config"], **(vision_overrides or {})}
-    fields["text_config"] = {**fields["text_config"], **(text_overrides or {})}
+    for key, extra in (("vision_config", vision_overrides), ("text_config", text_overrides)):
+        model_type = fields[key]["model_type"]
+        _check_field_names(extra or {}, _sub_config_fields(model_type),
+                           f"{key.split('_')[0]}_overrides ({model_type} config)")
+        fields[key] = {**fields[key], **(extra or {})}
+    _check_field_names(overrides, (f.name for f in dataclasses.fields(RegionGPTConfig)), "RegionGPTConfig overrides")
     fields.update(overrides)
     return RegionGPTConfig(**fields)
+
+
+def _sub_config_fields(model_type: str) -> set[str]:
+    """The field names a transformers config of ``model_type`` knows (its own and the base class's)."""
+    default = CONFIG_MAPPING[model_type]()
+    return set(default.to_dict()) | {k for k in vars(default) if not k.startswith("__")}
+
+
+def _check_field_names(given: dict, known: Iterable[str], where: str) -> None:
+    """Fail on a misspelt field instead of letting the config keep it as an unused attribute."""
+    known = set(known)
+    for key in given:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown field {key!r} in {where}{hint} (YAML needs a space after "
+                             f"each colon in {{key: value}})" if ":" in str(key) else
+                             f"unknown field {key!r} in {where}{hint}")
