@@ -184,6 +184,21 @@ def test_region_pretraining_changes_only_the_region_path(world, tmp_path):
     assert lines[0]["split"] == "region_pretrain" and lines[0]["steps"] == 3
 
 
+def test_region_pretraining_with_a_loader_worker_trains_on_the_same_batches(world, tmp_path):
+    from regiongpt.training.region_pretrain import pretrain_region_path
+
+    results = []
+    for workers in (0, 1):
+        recipe = make_recipe(world, tmp_path / f"w{workers}", "train.max_steps=1", "data.val=[]",
+                             "train.trainable=[feature_refiner,connector,language_model,vision_tower]")
+        losses = pretrain_region_path(recipe.model, recipe.processor, recipe.train_samples, 3, 1e-3, 2, 5,
+                                      recipe.device, attributes=["colour"], num_workers=workers)
+        results.append((losses, {n: p.detach().clone() for n, p in recipe.model.named_parameters()}))
+    (serial, serial_params), (prefetched, prefetched_params) = results
+    assert len(serial) == 3 and serial == pytest.approx(prefetched, rel=1e-5)
+    assert all(torch.allclose(serial_params[n], prefetched_params[n], atol=1e-6) for n in serial_params)
+
+
 def test_region_pretraining_attribute_and_image_heads(world, tmp_path):
     from regiongpt.training.region_pretrain import PretrainLabels, pretrain_region_path
 

@@ -177,8 +177,8 @@ class DataConfig:
         "Fail on a missing or unreadable image (and on a malformed annotation entry) instead of skipping "
         "it with a warning and a count.", default=False)
     max_samples: int | None = _doc("Use only the first N training samples (null = all).", default=None)
-    num_workers: int = _doc("DataLoader worker processes (0 = load in the training process).",
-                            default=0)
+    num_workers: int = _doc("DataLoader worker processes, for region pretraining's batches too "
+                            "(0 = load in the training process).", default=0)
     streaming: bool = _doc(
         "Read the training data lazily: native JSON-lines sources are indexed by line byte offsets and each "
         "rank parses only the samples of its shard when it uses them (data sets larger than memory). Only "

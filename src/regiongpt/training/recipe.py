@@ -388,7 +388,8 @@ class TrainingRecipe:
                                       image_weight=cfg.train.region_pretrain_image_weight,
                                       heads_on=cfg.train.region_pretrain_heads_on,
                                       segmentation_weight=cfg.train.pretrain_segmentation_weight(),
-                                      segmentation_presence_weight=cfg.train.segmentation_presence_weight)
+                                      segmentation_presence_weight=cfg.train.segmentation_presence_weight,
+                                      num_workers=cfg.data.num_workers)
         self.metrics.write(0, "region_pretrain", {"loss_first": losses[0], "loss_last": losses[-1],
                                                   "steps": len(losses)})
 
