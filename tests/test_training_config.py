@@ -59,6 +59,7 @@ def test_overrides_are_typed_dotted_yaml_values(tmp_path):
         ("train.max_steps", "must look like key=value"),
         ("train.lora.r=4", "remove 'language_model' from 'train.trainable'"),
         ("train.epochs=2", "set exactly one of 'train.max_steps' and 'train.epochs'"),
+        ("train.region_pretrain_workers=-1", "'train.region_pretrain_workers' must be >= 0"),
     ],
 )
 def test_bad_overrides_name_the_key(override, expected):

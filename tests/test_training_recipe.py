@@ -197,6 +197,10 @@ def test_region_pretraining_with_a_loader_worker_trains_on_the_same_batches(worl
     (serial, serial_params), (prefetched, prefetched_params) = results
     assert len(serial) == 3 and serial == pytest.approx(prefetched, rel=1e-5)
     assert all(torch.allclose(serial_params[n], prefetched_params[n], atol=1e-6) for n in serial_params)
+    # the recipe passes train.region_pretrain_workers on
+    make_recipe(world, tmp_path / "recipe", "train.max_steps=1", "data.val=[]", "train.region_pretrain_steps=2",
+                "train.region_pretrain_workers=1",
+                "train.trainable=[feature_refiner,connector,language_model,vision_tower]").train()
 
 
 def test_region_pretraining_attribute_and_image_heads(world, tmp_path):

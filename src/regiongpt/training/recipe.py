@@ -389,7 +389,7 @@ class TrainingRecipe:
                                       heads_on=cfg.train.region_pretrain_heads_on,
                                       segmentation_weight=cfg.train.pretrain_segmentation_weight(),
                                       segmentation_presence_weight=cfg.train.segmentation_presence_weight,
-                                      num_workers=cfg.data.num_workers)
+                                      num_workers=cfg.train.region_pretrain_workers)
         self.metrics.write(0, "region_pretrain", {"loss_first": losses[0], "loss_last": losses[-1],
                                                   "steps": len(losses)})
 
