@@ -115,6 +115,27 @@ def test_pointer_loss_of_a_batch_is_the_mean_of_its_rows():
     assert together.correct == sum(a.correct for a in alone)
 
 
+def test_two_heads_share_a_pointer_through_their_mean_attention():
+    model = tiny_llama("sdpa")
+    capture = AttentionInputCapture(model.layers[0].self_attn)
+    head_out = torch.nn.Linear(32, 120)
+    model(input_ids=torch.randint(0, 120, (1, 10)))
+    pointer = RecPointer(0, 9, (3,), (2, 3, 4), 1, 5)
+    readout = lambda x: head_out(model.norm(x))  # noqa: E731
+    shared = pointer_loss(capture, [pointer], (1, 3), None, readout=readout)
+    with torch.no_grad():
+        (a1, w1), (a3, w3) = (capture.head_attention(0, 9, h) for h in (1, 3))
+    mass = 0.5 * (a1.exp()[3] + a3.exp()[3])
+    torch.testing.assert_close(shared.attention, -torch.log(mass))
+    expected = torch.nn.functional.cross_entropy(readout(w1 + w3)[None], torch.tensor([5]))
+    torch.testing.assert_close(shared.readout, expected)
+    mean = 0.5 * (a1.exp() + a3.exp())
+    assert shared.correct == int(int(torch.argmax(mean[[2, 3, 4]])) == 1)
+    shared.attention.backward()
+    q = model.layers[0].self_attn.q_proj.weight.grad.view(4, 8, -1)  # (heads, head_dim, D) for the 32-wide tiny model
+    assert q[1].abs().sum() > 0 and q[3].abs().sum() > 0 and q[0].abs().sum() == 0 and q[2].abs().sum() == 0
+
+
 def test_pointer_loss_falls_when_the_head_attends_to_the_target():
     model = tiny_llama("sdpa")
     capture = AttentionInputCapture(model.layers[0].self_attn)

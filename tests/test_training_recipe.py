@@ -506,6 +506,10 @@ def test_rec_pointer_supervision_trains_through_the_recipe(world, tmp_path):
     # the marks travel with the checkpoint
     saved = AutoModelForImageTextToText.from_pretrained(tmp_path / "ptr" / "ckpt-000002")
     assert saved.config.region_number_token_ids == recipe.model.config.region_number_token_ids
+    shared = make_recipe(world, tmp_path / "ptr2", "train.max_steps=2", "data.val=[]", "train.rec_pointer_weight=1.0",
+                         "model.region_number_tokens=9", "train.rec_pointer_second_head=1")
+    assert shared.pointers["rec"].head == (0, 1)
+    assert shared.train()["rec_pointer_attention_loss"] > 0
 
 
 def test_existence_pointer_supervision_trains_through_the_recipe(world, tmp_path):
@@ -592,6 +596,8 @@ def test_existence_pointer_settings_are_checked(world, tmp_path, override, messa
     ("train.rec_pointer_head=31", r"rec_pointer_head is 31 but the language model has \d+ attention heads"),
     ("train.activation_checkpointing=true", "set train.activation_checkpointing=false"),
     ("train.rec_pointer_head=-1", r"'train.rec_pointer_head' must be >= 0"),
+    ("train.rec_pointer_second_head=0", r"rec_pointer_second_head is 0: use another head .* \(0\), 0..\d+, or null"),
+    ("train.rec_pointer_second_head=9", r"rec_pointer_second_head is 9"),
 ])
 def test_rec_pointer_settings_are_checked(world, tmp_path, override, message):
     with pytest.raises(InvalidInputError, match=message):

@@ -338,6 +338,11 @@ class TrainConfig:
         "The language-model layer whose head `train.rec_pointer_weight` supervises (negative: from the last).",
         default=-1)
     rec_pointer_head: int = _doc("The attention head `train.rec_pointer_weight` supervises.", default=0)
+    rec_pointer_second_head: int | None = _doc(
+        "A second head of the same layer that shares the REC lookup: the loss then asks the mean of the two heads' "
+        "attention to fall on region k, so one head can match the category and the other the colour, texture or "
+        "size (one 32-wide head of the built-in model matched categories and hardly colours, bench/demo_model.md). "
+        "null = one head.", default=None)
     existence_pointer_weight: float = _doc(
         "Weight of an attention-supervision loss on existence answers (\"Is there a heart in the image?\"): at "
         "the position that writes \"Yes\"/\"No\", one head (`train.existence_pointer_layer`, "

@@ -19,6 +19,7 @@ forward pre-hook on the attention module), whatever attention implementation the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import groupby
@@ -285,18 +286,26 @@ def visible_rows(attention_mask: torch.Tensor | None, rows: Sequence[int], queri
     return attention_mask[row_t].bool()
 
 
-def pointer_loss(capture: AttentionInputCapture, pointers: Sequence[SupervisedRow], head: int,
+def pointer_loss(capture: AttentionInputCapture, pointers: Sequence[SupervisedRow], head: int | Sequence[int],
                  attention_mask: torch.Tensor | None,
                  readout: Callable[[torch.Tensor], torch.Tensor] | None = None) -> PointerLoss:
     """The supervision of ``pointers`` (REC's or existence's). ``readout`` maps what the head
     writes, (P, D), to vocabulary logits (the model's final norm and output head); without it
-    ``readout`` is zero."""
+    ``readout`` is zero. Several heads of the layer (``head`` a sequence) share the pointer: their
+    mean attention is supervised and judged, and the readout reads what they write together."""
     zero = torch.zeros((), device=capture.hidden.device if capture.hidden is not None else None)
     if not pointers:
         return PointerLoss(zero, zero, 0)
     rows, queries = [p.row for p in pointers], [p.query for p in pointers]
-    log_attention, written = capture.rows_attention(rows, queries, head,
-                                                    visible_rows(attention_mask, rows, queries))  # (P, L), (P, D)
+    visible = visible_rows(attention_mask, rows, queries)
+    heads = [head] if isinstance(head, int) else list(head)
+    log_attention, written = capture.rows_attention(rows, queries, heads[0], visible)  # (P, L), (P, D)
+    if len(heads) > 1:
+        per_head = [(log_attention, written)] + [capture.rows_attention(rows, queries, h, visible) for h in heads[1:]]
+        # -inf (masked) clamped: logsumexp's gradient where every input is -inf is NaN
+        stacked = torch.stack([a for a, _ in per_head]).clamp(min=-1e4)  # (H, P, L)
+        log_attention = torch.logsumexp(stacked, dim=0) - math.log(len(heads))
+        written = torch.stack([w for _, w in per_head]).sum(0)
     targets = torch.zeros_like(log_attention, dtype=torch.bool)
     for i, p in enumerate(pointers):
         targets[i, list(p.targets)] = True

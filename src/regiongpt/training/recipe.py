@@ -71,7 +71,7 @@ class SupervisedHead:
     """One attention head under a pointer loss: the capture of its layer's input, which head, its weight."""
 
     capture: AttentionInputCapture
-    head: int
+    head: int | tuple[int, ...]  # several heads share one pointer (train.rec_pointer_second_head)
     weight: float
 
 
@@ -246,7 +246,12 @@ class TrainingRecipe:
             layer %= n_layers
             if layer not in captures:
                 captures[layer] = AttentionInputCapture(layers[layer].self_attn, f"train.{name}_pointer_weight")
-            self.pointers[name] = SupervisedHead(captures[layer], head, getattr(t, f"{name}_pointer_weight"))
+            second = t.rec_pointer_second_head if name == "rec" else None
+            if second is not None and not (0 <= second < n_heads and second != head):
+                raise InvalidInputError(f"train.rec_pointer_second_head is {second}: use another head of the "
+                                        f"layer than train.rec_pointer_head ({head}), 0..{n_heads - 1}, or null")
+            self.pointers[name] = SupervisedHead(captures[layer], head if second is None else (head, second),
+                                                 getattr(t, f"{name}_pointer_weight"))
         if "rec" in self.pointers or "phrase" in self.pointers:
             self.rec_digits = digit_tokens(self.processor.tokenizer.get_vocab())
         if "phrase" in self.pointers:
