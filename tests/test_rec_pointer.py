@@ -136,6 +136,24 @@ def test_two_heads_share_a_pointer_through_their_mean_attention():
     assert q[1].abs().sum() > 0 and q[3].abs().sum() > 0 and q[0].abs().sum() == 0 and q[2].abs().sum() == 0
 
 
+def test_a_spread_pointer_asks_for_an_even_share_on_every_target():
+    model = tiny_llama("sdpa")
+    capture = AttentionInputCapture(model.layers[0].self_attn)
+    model(input_ids=torch.randint(0, 120, (1, 10)))
+    pointer = RecPointer(0, 9, (3, 5), (3, 5), 0, 5)
+    with torch.no_grad():
+        attention, _ = capture.head_attention(0, 9, 2)
+        total = pointer_loss(capture, [pointer], 2, None).attention
+        even = pointer_loss(capture, [pointer], 2, None, spread=True).attention
+    torch.testing.assert_close(total, -torch.logsumexp(attention[[3, 5]], 0))
+    torch.testing.assert_close(even, -attention[[3, 5]].mean())
+    # all the mass on one target satisfies the total, not the spread loss
+    one = torch.full((10,), -30.0)
+    one[3] = 0.0
+    one = one.log_softmax(0)
+    assert -torch.logsumexp(one[[3, 5]], 0) < 1e-6 < -one[[3, 5]].mean()
+
+
 def test_pointer_loss_falls_when_the_head_attends_to_the_target():
     model = tiny_llama("sdpa")
     capture = AttentionInputCapture(model.layers[0].self_attn)

@@ -575,6 +575,11 @@ def test_phrase_pointer_supervision_trains_through_the_recipe(world, tmp_path):
     metrics = recipe.train()
     assert metrics["phrase_pointer_attention_loss"] > 0 and metrics["phrase_pointer_readout_loss"] == 0
     assert 0 <= metrics["phrase_pointer_acc"] <= 1
+    spread = make_recipe(world, tmp_path / "pptr-spread", "train.max_steps=2", "data.val=[]",
+                         "train.phrase_pointer_weight=1.0", "train.phrase_pointer_spread=true",
+                         "data.independent_tasks=[rec, existence]", f"model.image_labels=[{','.join(CATEGORIES)}]",
+                         "train.segmentation_weight=1.0", "train.region_aux_weight=0.5")
+    assert spread.train()["phrase_pointer_attention_loss"] > 0
     with pytest.raises(InvalidInputError, match=r"phrase_pointer_weight points at the question's label words.*"
                                                 r"neither"):
         make_recipe(world, tmp_path / "bad", "train.max_steps=1", "train.phrase_pointer_weight=1.0")

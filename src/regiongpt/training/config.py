@@ -376,6 +376,12 @@ class TrainConfig:
         "The language-model layer whose head `train.phrase_pointer_weight` supervises (negative: from the last).",
         default=-2)
     phrase_pointer_head: int = _doc("The attention head `train.phrase_pointer_weight` supervises.", default=0)
+    phrase_pointer_spread: bool = _doc(
+        "Ask the phrase pointer's head for an even share of its attention on every label word of the question "
+        "(the cross-entropy against the uniform distribution over them) rather than for their total mass, which "
+        "the category word alone satisfies: the built-in model's head put all of it on the category and none on "
+        "the colour, size or texture, and REC phrases that tell a region from another of its category by its "
+        "colour were answered 0.30-0.40 of the time (bench/demo_model.md).", default=False)
     log_every: int = _doc("Write training metrics every N steps.", default=1)
     progress: bool = _doc("Show a tqdm progress bar.", default=True)
 

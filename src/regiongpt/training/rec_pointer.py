@@ -288,11 +288,14 @@ def visible_rows(attention_mask: torch.Tensor | None, rows: Sequence[int], queri
 
 def pointer_loss(capture: AttentionInputCapture, pointers: Sequence[SupervisedRow], head: int | Sequence[int],
                  attention_mask: torch.Tensor | None,
-                 readout: Callable[[torch.Tensor], torch.Tensor] | None = None) -> PointerLoss:
+                 readout: Callable[[torch.Tensor], torch.Tensor] | None = None, spread: bool = False) -> PointerLoss:
     """The supervision of ``pointers`` (REC's or existence's). ``readout`` maps what the head
     writes, (P, D), to vocabulary logits (the model's final norm and output head); without it
     ``readout`` is zero. Several heads of the layer (``head`` a sequence) share the pointer: their
-    mean attention is supervised and judged, and the readout reads what they write together."""
+    mean attention is supervised and judged, and the readout reads what they write together.
+    ``spread``: the attention loss asks for an even share on every target (the cross-entropy against
+    the uniform distribution over them) instead of their total mass, which one target alone can
+    satisfy."""
     zero = torch.zeros((), device=capture.hidden.device if capture.hidden is not None else None)
     if not pointers:
         return PointerLoss(zero, zero, 0)
@@ -309,7 +312,10 @@ def pointer_loss(capture: AttentionInputCapture, pointers: Sequence[SupervisedRo
     targets = torch.zeros_like(log_attention, dtype=torch.bool)
     for i, p in enumerate(pointers):
         targets[i, list(p.targets)] = True
-    attention = -torch.logsumexp(log_attention.masked_fill(~targets, float("-inf")), dim=-1).sum()
+    if spread:
+        attention = -(log_attention.masked_fill(~targets, 0.0).sum(-1) / targets.sum(-1)).sum()
+    else:
+        attention = -torch.logsumexp(log_attention.masked_fill(~targets, float("-inf")), dim=-1).sum()
     correct = 0
     detached = log_attention.detach().float().cpu().numpy()
     for i, p in enumerate(pointers):

@@ -290,7 +290,8 @@ class TrainingRecipe:
         lm = self.model.model.language_model
         supervised = self.pointers[name]
         losses = pointer_loss(supervised.capture, rows, supervised.head, b.inputs.get("attention_mask"),
-                              readout=None if name == "phrase" else lambda x: self.model.lm_head(lm.norm(x)))
+                              readout=None if name == "phrase" else lambda x: self.model.lm_head(lm.norm(x)),
+                              spread=name == "phrase" and self.config.train.phrase_pointer_spread)
         return losses, len(rows)
 
     def _checkpoint_to_resume(self) -> Path | None:
