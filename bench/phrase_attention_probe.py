@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -25,12 +26,27 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def label_word_spans(ids: list[int], targets: Sequence[int], words: Sequence[tuple[int, ...]]
+                     ) -> list[tuple[list[int], tuple[int, ...]]]:
+    """(positions, word) of each label word the pointer's ``targets`` cover, read left to right with
+    the longest name first (as ``label_word_positions`` found them)."""
+    spans, held, p = [], set(targets), 0
+    while p < len(ids):
+        word = next((w for w in words if p in held and tuple(ids[p : p + len(w)]) == w), None)
+        if word is None:
+            p += 1
+            continue
+        spans.append((list(range(p, p + len(word))), word))
+        p += len(word)
+    return spans
+
+
 @torch.no_grad()
 def phrase_attention(api, samples, layer: int = -2, head: int = 0) -> tuple[dict[str, float], int]:
     """({field: mean attention on that field's words}, number of phrases read), over REC phrases
     that name a label field beside the category."""
     from regiongpt.training.data import answer_runs
-    from regiongpt.training.phrase_pointer import label_word_positions, label_word_sequences, phrase_pointers
+    from regiongpt.training.phrase_pointer import label_word_sequences, phrase_pointers
     from regiongpt.training.rec_pointer import AttentionInputCapture, digit_tokens
 
     model, processor = api.model, api.processor
@@ -58,22 +74,15 @@ def phrase_attention(api, samples, layer: int = -2, head: int = 0) -> tuple[dict
                 labels = inputs.pop("labels")
                 answer_index, tasks = answer_runs(labels, [["rec"]])
                 rows = phrase_pointers(inputs["input_ids"], answer_index, tasks, words, digits)
-                if not rows or rows[0].query + 1 >= inputs["input_ids"].shape[1]:
+                if not rows:
                     continue
                 row = rows[0]
-                ids = inputs["input_ids"][0].tolist()
-                per_field: dict[str, float] = defaultdict(float)
                 model(**{k: v.to(model.device) for k, v in inputs.items()})
                 attention = capture.head_log_attention(0, row.query, head).exp()
-                for word in words:
-                    field = field_of.get(word)
-                    if field is None:
-                        continue
-                    for start in range(len(ids) - len(word) + 1):
-                        span = list(range(start, start + len(word)))
-                        if set(span) <= set(row.targets) and label_word_positions(ids, start, start + len(word),
-                                                                                  [word]) == span:
-                            per_field[field] += float(attention[span].sum())
+                per_field: dict[str, float] = defaultdict(float)
+                for span, word in label_word_spans(inputs["input_ids"][0].tolist(), row.targets, words):
+                    if word in field_of:
+                        per_field[field_of[word]] += float(attention[span].sum())
                 if len([f for f in per_field if f != "category"]) == 0:
                     continue  # the phrase names the category alone
                 count += 1

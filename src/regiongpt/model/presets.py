@@ -105,6 +105,6 @@ def _check_field_names(given: dict, known: Iterable[str], where: str) -> None:
         if key not in known:
             close = difflib.get_close_matches(str(key), sorted(known), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"unknown field {key!r} in {where}{hint} (YAML needs a space after "
-                             f"each colon in {{key: value}})" if ":" in str(key) else
-                             f"unknown field {key!r} in {where}{hint}")
+            if ":" in str(key):
+                hint += " (YAML needs a space after each colon in {key: value})"
+            raise ValueError(f"unknown field {key!r} in {where}{hint}")

@@ -199,11 +199,17 @@ class AttentionInputCapture:
         masks further: padding, independent turns), and what the head adds to the residual stream
         there (its slice of the output projection, without bias). One pass for all P rows: keys
         and values are projected once per batch row, not once per query."""
+        return self.heads_attention(rows, queries, [head], visible)[0]
+
+    def heads_attention(self, rows: Sequence[int], queries: Sequence[int], heads: Sequence[int],
+                        visible: torch.Tensor | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """:meth:`rows_attention` of each of ``heads``, from one projection of the queries, keys
+        and values."""
         if self.hidden is None:
             raise RuntimeError("no captured attention input: run the model's forward first")
         module = self.attention
         head_dim = module.head_dim
-        kv_head = head // (module.config.num_attention_heads // module.config.num_key_value_heads)
+        group = module.config.num_attention_heads // module.config.num_key_value_heads
         hidden = self.hidden  # (N, L, D)
         length, device = hidden.shape[1], hidden.device
         used = sorted(set(rows))  # the batch rows that hold a query
@@ -211,9 +217,9 @@ class AttentionInputCapture:
         row_t = torch.tensor(list(rows), device=device)
         query_t = torch.tensor(list(queries), device=device)
         h = hidden[torch.tensor(used, device=device)]  # (U, L, D)
-        q = module.q_proj(hidden[row_t, query_t]).view(len(rows), -1, head_dim)[:, head]  # (P, d)
-        k = module.k_proj(h).view(len(used), length, -1, head_dim)[:, :, kv_head]  # (U, L, d)
-        v = module.v_proj(h).view(len(used), length, -1, head_dim)[:, :, kv_head]  # (U, L, d)
+        q = module.q_proj(hidden[row_t, query_t]).view(len(rows), -1, head_dim)  # (P, H, d)
+        k = module.k_proj(h).view(len(used), length, -1, head_dim)  # (U, L, KV, d)
+        v = module.v_proj(h).view(len(used), length, -1, head_dim)  # (U, L, KV, d)
         if self.rotary is not None:
             # (N or 1, L, d): per row, or shared by the batch when the positions are; or (L, d)
             cos, sin = self.rotary
@@ -223,16 +229,20 @@ class AttentionInputCapture:
             else:
                 cos, sin = (cos[0], sin[0]) if cos.dim() == 3 else (cos, sin)
                 q_cos, q_sin, k_cos, k_sin = cos[query_t], sin[query_t], cos, sin
-            q = q * q_cos + _rotate_half(q) * q_sin
-            k = k * k_cos + _rotate_half(k) * k_sin
-        scores = torch.einsum("pld,pd->pl", k[slot].float(), q.float()) * module.scaling  # (P, L)
+            q = q * q_cos[:, None] + _rotate_half(q) * q_sin[:, None]
+            k = k * k_cos[..., None, :] + _rotate_half(k) * k_sin[..., None, :]
         allowed = torch.arange(length, device=device)[None] <= query_t[:, None]  # causal
         if visible is not None:
             allowed = allowed & visible.to(device)
-        log_attention = torch.log_softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
-        mixed = torch.einsum("pl,pld->pd", log_attention.exp().to(v.dtype), v[slot])  # (P, d)
-        written = mixed @ module.o_proj.weight[:, head * head_dim : (head + 1) * head_dim].T  # (P, D)
-        return log_attention, written
+        results = []
+        for head in heads:
+            k_head, v_head = k[slot, :, head // group], v[slot, :, head // group]  # (P, L, d)
+            scores = torch.einsum("pld,pd->pl", k_head.float(), q[:, head].float()) * module.scaling  # (P, L)
+            log_attention = torch.log_softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+            mixed = torch.einsum("pl,pld->pd", log_attention.exp().to(v_head.dtype), v_head)  # (P, d)
+            written = mixed @ module.o_proj.weight[:, head * head_dim : (head + 1) * head_dim].T  # (P, D)
+            results.append((log_attention, written))
+        return results
 
     def head_attention(self, row: int, query: int, head: int, visible: torch.Tensor | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor]:  # (query + 1,), (D,)
@@ -302,9 +312,9 @@ def pointer_loss(capture: AttentionInputCapture, pointers: Sequence[SupervisedRo
     rows, queries = [p.row for p in pointers], [p.query for p in pointers]
     visible = visible_rows(attention_mask, rows, queries)
     heads = [head] if isinstance(head, int) else list(head)
-    log_attention, written = capture.rows_attention(rows, queries, heads[0], visible)  # (P, L), (P, D)
+    per_head = capture.heads_attention(rows, queries, heads, visible)  # each (P, L), (P, D)
+    log_attention, written = per_head[0]
     if len(heads) > 1:
-        per_head = [(log_attention, written)] + [capture.rows_attention(rows, queries, h, visible) for h in heads[1:]]
         # -inf (masked) clamped: logsumexp's gradient where every input is -inf is NaN
         stacked = torch.stack([a for a, _ in per_head]).clamp(min=-1e4)  # (H, P, L)
         log_attention = torch.logsumexp(stacked, dim=0) - math.log(len(heads))
