@@ -51,7 +51,7 @@ def test_synth_cli_writes_the_report(synth_run, world):
     records = read_predictions(synth_run / "predictions.jsonl")
     assert [r["query_id"] for r in records] == ids  # one line per query, in order
     assert {i.split("/")[0] for i in ids} == {"cls", "brief", "rec", "exist"}
-    assert set(results["metrics"]) == {"cls", "brief", "rec", "existence"}
+    assert set(results["metrics"]) == {"cls", "brief", "rec", "existence", "existence_present", "existence_absent"}
     assert results["metrics"]["cls"]["count"] == sum(i.startswith("cls/") for i in ids)
     assert set(results["metrics"]["existence"]) >= {"random", "popular", "adversarial"}
     assert results["timing"]["queries_run"] == len(ids) and results["timing"]["queries_per_s"] > 0
@@ -79,6 +79,13 @@ def test_resume_skips_done_queries_and_drops_a_torn_line(synth_run, world, model
     assert path.read_text() == "".join(lines)  # same greedy answers, no duplicates, no torn line
     before = json.loads((synth_run / "results.json").read_text())["metrics"]
     assert result.results["metrics"] == before
+    # records saved by an older version, before the REC phrase forms were recorded, are scored with them
+    path.write_text("".join(json.dumps({k: v for k, v in json.loads(line).items() if k != "phrase_form"}) + "\n"
+                            for line in lines))
+    rescored = run_evaluation(SynthSuite(world, semantic=False), model, out, limit=1, model_path=model_dir,
+                              progress=False)
+    assert rescored.queries_run == 0 and rescored.results["metrics"] == before
+    assert "phrase_form" not in path.read_text()  # the saved answers are left as they were
     # a run with different settings must not be mixed into this folder
     with pytest.raises(InvalidInputError, match="different settings"):
         run_evaluation(SynthSuite(world, split="all", semantic=False), model, out, limit=1, model_path=model_dir,

@@ -378,10 +378,14 @@ def _answer(benchmark: Benchmark, model, todo: Sequence[ImageJob], path: Path, b
 
 def _final_records(out: Path, jobs: Sequence[ImageJob]) -> list[dict[str, Any]]:
     """The saved records of ``jobs``' queries; rank files (a sharded run's, or an interrupted
-    one's) are merged into ``predictions.jsonl`` first."""
+    one's) are merged into ``predictions.jsonl`` first.
+
+    A saved record gains the fields its query's record has now and it lacks (what the data says
+    about the query, e.g. a breakdown a newer version scores by); what it holds is kept.
+    """
     records = merge_predictions(out, jobs) if rank_files(out) else read_predictions(out / PREDICTIONS_FILE)
-    wanted = {q.id for job in jobs for q in job.queries}
-    return [r for r in records if r["query_id"] in wanted]
+    wanted = {q.id: q.record for job in jobs for q in job.queries}
+    return [{**wanted[r["query_id"]], **r} for r in records if r["query_id"] in wanted]
 
 
 def run_evaluation(benchmark: Benchmark, model, out: str | os.PathLike, batch_images: int = 8,

@@ -15,7 +15,12 @@ Protocol (on a folder written by ``regiongpt synth``; by default its validation 
   POPE's yes/no rule; accuracy, precision, recall, F1, yes-ratio per setting.
 - Region tasks are broken down by the region's difficulty tags (``small``, ``occluded``,
   ``crowded``, ``distractor``; a region can carry several; ``untagged`` = none) and by its
-  size (small/medium/large from the visible area).
+  size (small/medium/large from the visible area). REC is also broken down by what its phrase
+  names besides the category (``category+colour``, ...), over all referred regions and over
+  those that share their category (``distractor``).
+- Yes/no questions whose answer is yes are broken down the same way, by the asked category's
+  largest visible instance in the image (``existence_present``: the share answered yes, each
+  distinct question once); those whose answer is no by POPE setting (``existence_absent``).
 - All queries about an image are answered with its image encoded once per task family,
   several images per batch.
 """
@@ -40,10 +45,37 @@ from regiongpt.processing.instructions import SUFFIXES
 
 SPLITS = ("val", "train", "all")
 GROUPS = ("all", *DIFFICULTY_TAGS, "untagged")
+PHRASE_FIELDS = ("colour", "size", "texture")  # in the order a phrase form is named: "category+colour+size"
 
 
 def _groups(tags: Sequence[str]) -> list[str]:
     return ["all", *tags] if tags else ["all", "untagged"]
+
+
+def phrase_form(sentence: str, attributes: dict[str, Any]) -> str:
+    """Which of the referred object's own labels a referring phrase names: "category+colour", ...
+
+    Read from the phrase's words, so it needs no record of how the phrase was made.
+    """
+    words = set(sentence.lower().replace("'", " ").split())
+    named = [f for f in PHRASE_FIELDS if isinstance(attributes.get(f), str) and attributes[f].lower() in words]
+    return "+".join(["category", *named])
+
+
+def asked_category(question: str, names: Sequence[str]) -> str | None:
+    """The category a yes/no question asks about: the longest category name it contains as a word."""
+    words = f" {' '.join(question.lower().replace('?', ' ').split())} "
+    found = [n for n in names if f" {n.lower()} " in words]
+    return max(found, key=len) if found else None
+
+
+def _by_phrase(records: Sequence[dict[str, Any]], flags: Sequence[bool], keep) -> dict[str, dict[str, Any]]:
+    """REC accuracy per phrase form (see :func:`phrase_form`) over the records ``keep`` accepts."""
+    forms: dict[str, list[bool]] = {}
+    for r, ok in zip(records, flags):
+        if keep(r) and r.get("phrase_form"):
+            forms.setdefault(r["phrase_form"], []).append(ok)
+    return {form: {"count": len(v), "accuracy": accuracy(v)} for form, v in sorted(forms.items())}
 
 
 class SynthSuite(Benchmark):
@@ -101,11 +133,17 @@ class SynthSuite(Benchmark):
             for q in rec_queries(image.id, refs.get(image.id, []), anns, ("all",), 0, len(anns)):
                 attrs = attributes[q.record["ann_id"]]
                 q.id = f"rec/{q.id.split('/', 1)[1]}"
-                q.record.update({"kind": "rec", "tags": list(attrs.get("tags", [])), "size": attrs.get("size")})
+                q.record.update({"kind": "rec", "tags": list(attrs.get("tags", [])), "size": attrs.get("size"),
+                                 "phrase_form": phrase_form(q.payload[0], attrs)})
                 queries.append(q)
             for setting, row in questions.get(image.path.name, []):
                 record = {"kind": "exist", "split": setting, "question_id": row["question_id"], "image_id": image.id,
-                          "label": str(row["label"]).strip().lower()}
+                          "label": str(row["label"]).strip().lower(),
+                          "category": asked_category(row["text"], self.names)}
+                shown = [a for a in anns if self.categories[a["category_id"]] == record["category"]]
+                if record["label"] == "yes" and shown:  # the easiest instance decides how hard the question is
+                    clearest = max(shown, key=lambda a: float(a.get("area", 0.0))).get("attributes", {})
+                    record.update({"tags": list(clearest.get("tags", [])), "size": clearest.get("size")})
                 queries.append(Query(f"exist/{setting}/{row['question_id']}", record, row["text"].strip()))
             jobs.append(ImageJob(image.path, queries, regions))
             if limit is not None and len(jobs) >= limit:
@@ -149,15 +187,22 @@ class SynthSuite(Benchmark):
         for r in records:
             by_kind.setdefault(r["kind"], []).append(r)
         cls, brief, rec = by_kind.get("cls", []), by_kind.get("brief", []), by_kind.get("rec", [])
+        exist = by_kind.get("exist", [])
+        present = list({(r["image_id"], r.get("category")): r for r in exist
+                        if r["label"] == "yes" and r.get("category")}.values())  # POPE repeats them per setting
         flags = {"cls": [exact_match(r["prediction"], r["category"]) for r in cls],
                  "brief": [exact_match(r["prediction"], r["brief"]) for r in brief],
-                 "rec": [bool(r["correct"]) for r in rec]}
+                 "rec": [bool(r["correct"]) for r in rec],
+                 "existence_present": [r["answer"] == "yes" for r in present]}
+        if not present:
+            del flags["existence_present"]
         if self.semantic and cls:
             closest = SemanticMatcher().closest([r["prediction"] for r in cls], self.names)
             flags["cls_semantic"] = [c == r["category"] for c, r in zip(closest, cls)]
-        sources = {"cls": cls, "brief": brief, "rec": rec, "cls_semantic": cls}
+        sources = {"cls": cls, "brief": brief, "rec": rec, "cls_semantic": cls, "existence_present": present}
         labels = {"cls": "classification accuracy", "cls_semantic": "classification accuracy (semantic)",
-                  "brief": "brief caption exact match", "rec": "REC accuracy"}
+                  "brief": "brief caption exact match", "rec": "REC accuracy",
+                  "existence_present": "yes/no, object present: answered yes"}
         metrics: dict[str, Any] = {}
         rows: list[tuple[str, str, Any]] = []
         for name, values in flags.items():
@@ -178,11 +223,19 @@ class SynthSuite(Benchmark):
             for g in _groups(r.get("tags") or []):
                 counts[g] += 1
         rows = [(g, "regions", n) for g, n in counts.items()] + rows
-        exist = by_kind.get("exist", [])
+        if rec:
+            metrics["rec"]["by_phrase"] = _by_phrase(rec, flags["rec"], lambda r: True)
+            metrics["rec"]["by_phrase_distractor"] = _by_phrase(rec, flags["rec"],
+                                                                lambda r: "distractor" in (r.get("tags") or []))
+            rows += [(f"REC, phrase names {form}", "REC accuracy", m["accuracy"])
+                     for form, m in metrics["rec"]["by_phrase"].items()]
         if exist:
             pope = score_pope(exist, list(self.pope_files), group="existence ")
             metrics["existence"] = pope.metrics
             rows += [row for row in pope.rows if row[1] in ("questions", "accuracy", "f1", "yes_ratio")]
+            absent = {s: [r["answer"] == "no" for r in exist if r["split"] == s and r["label"] == "no"]
+                      for s in self.pope_files}
+            metrics["existence_absent"] = {s: {"count": len(v), "accuracy": accuracy(v)} for s, v in absent.items()}
         plots: dict[str, Any] = {}
         if cls:
             plots["accuracy_by_size"] = {
