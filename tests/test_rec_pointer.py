@@ -9,7 +9,8 @@ from transformers import LlamaConfig, LlamaModel
 
 from regiongpt.errors import InvalidInputError
 from regiongpt.training.rec_pointer import (
-    AttentionInputCapture, RecPointer, digit_tokens, pointer_loss, rec_pointers, visible_positions, visible_rows)
+    AttentionInputCapture, RecPointer, attribute_pointer_loss, digit_tokens, pointer_loss, rec_pointers,
+    shares_category, visible_positions, visible_rows)
 
 R = 99  # region placeholder id
 DIGITS = {11: "1", 12: "2", 13: "3"}
@@ -134,6 +135,38 @@ def test_two_heads_share_a_pointer_through_their_mean_attention():
     shared.attention.backward()
     q = model.layers[0].self_attn.q_proj.weight.grad.view(4, 8, -1)  # (heads, head_dim, D) for the 32-wide tiny model
     assert q[1].abs().sum() > 0 and q[3].abs().sum() > 0 and q[0].abs().sum() == 0 and q[2].abs().sum() == 0
+
+
+def test_an_attribute_head_learns_only_where_a_category_is_shared():
+    model = tiny_llama("sdpa")
+    capture = AttentionInputCapture(model.layers[0].self_attn)
+    head_out = torch.nn.Linear(32, 120)
+    model(input_ids=torch.randint(0, 120, (1, 10)))
+    shared_row, unique_row = RecPointer(0, 9, (3,), (2, 3, 4), 1, 5), RecPointer(0, 7, (2,), (2, 4), 0, 6)
+    readout = lambda x: head_out(model.norm(x))  # noqa: E731
+    loss = attribute_pointer_loss(capture, [shared_row, unique_row], 0, 2, [True, False], None, readout)
+    with torch.no_grad():
+        (a0, w0), (a2, w2) = (capture.head_attention(0, 9, h) for h in (0, 2))
+        (b0, v0), (_, v2) = (capture.head_attention(0, 7, h) for h in (0, 2))
+    expected = (-a0[3] - a2[3] - b0[2]) / 2  # the attribute head only on the shared row
+    torch.testing.assert_close(loss.attention, expected)
+    read = torch.nn.functional.cross_entropy(readout(torch.stack([w0 + w2, v0 + v2])), torch.tensor([5, 6]))
+    torch.testing.assert_close(loss.readout, read)
+    mean = 0.5 * (a0.exp() + a2.exp())
+    assert loss.correct >= int(int(torch.argmax(mean[[2, 3, 4]])) == 1)
+    # on a row without a shared category the attribute head gets no attention gradient
+    alone = attribute_pointer_loss(capture, [unique_row], 0, 2, [False], None, readout)
+    alone.attention.backward()
+    q = model.layers[0].self_attn.q_proj.weight.grad.view(4, 8, -1)
+    assert q[0].abs().sum() > 0 and q[2].abs().sum() == 0
+
+
+def test_shares_category_compares_the_candidates_regions():
+    pointer = RecPointer(0, 9, (3,), (2, 3, 4), 1, 5)
+    region_of = {2: 0, 3: 1, 4: 2}
+    assert shares_category(pointer, region_of, ["star", "ring", "ring"])
+    assert not shares_category(pointer, region_of, ["star", "ring", "heart"])
+    assert not shares_category(pointer, region_of, ["star", None, None])
 
 
 def test_a_spread_pointer_asks_for_an_even_share_on_every_target():

@@ -510,6 +510,11 @@ def test_rec_pointer_supervision_trains_through_the_recipe(world, tmp_path):
                          "model.region_number_tokens=9", "train.rec_pointer_second_head=1")
     assert shared.pointers["rec"].head == (0, 1)
     assert shared.train()["rec_pointer_attention_loss"] > 0
+    attribute = make_recipe(world, tmp_path / "ptr3", "train.max_steps=2", "data.val=[]", "train.rec_pointer_weight=1.0",
+                            "model.region_number_tokens=9", "train.rec_pointer_attribute_head=1")
+    assert attribute.rec_attribute_head == 1
+    metrics = attribute.train()
+    assert metrics["rec_pointer_attention_loss"] > 0 and metrics["rec_pointer_readout_loss"] > 0
 
 
 def test_existence_pointer_supervision_trains_through_the_recipe(world, tmp_path):
@@ -603,10 +608,18 @@ def test_existence_pointer_settings_are_checked(world, tmp_path, override, messa
     ("train.rec_pointer_head=-1", r"'train.rec_pointer_head' must be >= 0"),
     ("train.rec_pointer_second_head=0", r"rec_pointer_second_head is 0: use another head .* \(0\), 0..\d+, or null"),
     ("train.rec_pointer_second_head=9", r"rec_pointer_second_head is 9"),
+    ("train.rec_pointer_attribute_head=0", r"rec_pointer_attribute_head is 0: use another head .* \(0\)"),
+    ("train.rec_pointer_attribute_head=-2", r"rec_pointer_attribute_head is -2"),
 ])
 def test_rec_pointer_settings_are_checked(world, tmp_path, override, message):
     with pytest.raises(InvalidInputError, match=message):
         make_recipe(world, tmp_path / "bad", "train.max_steps=1", "train.rec_pointer_weight=1.0", override)
+
+
+def test_rec_pointer_takes_one_extra_head_kind(world, tmp_path):
+    with pytest.raises(InvalidInputError, match="set one of them to null"):
+        make_recipe(world, tmp_path / "bad", "train.max_steps=1", "train.rec_pointer_weight=1.0",
+                    "train.rec_pointer_second_head=1", "train.rec_pointer_attribute_head=2")
 
 
 def test_region_number_tokens_need_single_digit_tokens(world, tmp_path):

@@ -343,6 +343,13 @@ class TrainConfig:
         "attention to fall on region k, so one head can match the category and the other the colour, texture or "
         "size (one 32-wide head of the built-in model matched categories and hardly colours, bench/demo_model.md). "
         "null = one head.", default=None)
+    rec_pointer_attribute_head: int | None = _doc(
+        "A second head of the same layer for the REC answers whose region shares its category with another "
+        "candidate: on those answers alone it is asked to attend to region k, while `train.rec_pointer_head` keeps "
+        "the lookup of every answer, and the readout reads what the two write together. Only a region's colour, "
+        "texture or size tells it apart there, which the lookup head ignored (a swapped colour word moved its "
+        "attention by 0.0002, `bench/rec_colour_probe.py`). null = none; not with `train.rec_pointer_second_head`.",
+        default=None)
     existence_pointer_weight: float = _doc(
         "Weight of an attention-supervision loss on existence answers (\"Is there a heart in the image?\"): at "
         "the position that writes \"Yes\"/\"No\", one head (`train.existence_pointer_layer`, "

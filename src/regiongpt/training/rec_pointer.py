@@ -340,5 +340,45 @@ def pointer_loss(capture: AttentionInputCapture, pointers: Sequence[SupervisedRo
     return PointerLoss(attention / n, read / n, correct)
 
 
+def attribute_pointer_loss(capture: AttentionInputCapture, pointers: Sequence[RecPointer], head: int,
+                           attribute_head: int, shared: Sequence[bool], attention_mask: torch.Tensor | None,
+                           readout: Callable[[torch.Tensor], torch.Tensor]) -> PointerLoss:
+    """REC supervision with a second head for the answers whose region shares its category with another
+    candidate (``shared[i]``). ``head`` is supervised on every pointer as :func:`pointer_loss` does,
+    ``attribute_head`` on the shared ones only (the sum of the two attention losses); the readout reads
+    what the two heads write together, and a pointer is judged by their mean attention."""
+    zero = torch.zeros((), device=capture.hidden.device if capture.hidden is not None else None)
+    if not pointers:
+        return PointerLoss(zero, zero, 0)
+    rows, queries = [p.row for p in pointers], [p.query for p in pointers]
+    visible = visible_rows(attention_mask, rows, queries)
+    (log_lookup, written_lookup), (log_attribute, written_attribute) = capture.heads_attention(
+        rows, queries, [head, attribute_head], visible)  # each (P, L), (P, D)
+    targets = torch.zeros_like(log_lookup, dtype=torch.bool)
+    for i, p in enumerate(pointers):
+        targets[i, list(p.targets)] = True
+    on_target = -torch.logsumexp(log_lookup.masked_fill(~targets, float("-inf")), dim=-1)  # (P,)
+    on_target_attribute = -torch.logsumexp(log_attribute.masked_fill(~targets, float("-inf")), dim=-1)
+    mask = torch.tensor(list(shared), dtype=torch.bool, device=on_target.device)
+    attention = on_target.sum() + on_target_attribute.masked_fill(~mask, 0.0).sum()
+    # -inf (masked) clamped: logsumexp's gradient where every input is -inf is NaN
+    mean = (torch.logsumexp(torch.stack([log_lookup, log_attribute]).clamp(min=-1e4), dim=0)
+            - math.log(2)).detach().float().cpu().numpy()
+    correct = sum(int(int(np.argmax([np.logaddexp.reduce(mean[i, list(c)]) for c in p.choices])) == p.answer)
+                  for i, p in enumerate(pointers))
+    logits = readout(written_lookup + written_attribute).float()  # (P, V)
+    tokens = torch.tensor([p.token for p in pointers], device=logits.device)
+    read = torch.nn.functional.cross_entropy(logits, tokens, reduction="sum")
+    n = len(pointers)
+    return PointerLoss(attention / n, read / n, correct)
+
+
+def shares_category(pointer: RecPointer, region_of: Mapping[int, int], categories: Sequence[str | None]) -> bool:
+    """Whether another of the pointer's candidates has its region's category (``categories``: per region)."""
+    mine = categories[region_of[pointer.candidates[pointer.answer]]]
+    return mine is not None and sum(categories[region_of[c]] == mine for c in pointer.candidates) > 1
+
+
 __all__ = ["AttentionInputCapture", "PointerLoss", "RecPointer", "SupervisedRow", "TargetPointer", "answer_spans",
-           "digit_tokens", "placeholder_regions", "pointer_loss", "rec_pointers", "visible_positions", "visible_rows"]
+           "attribute_pointer_loss", "digit_tokens", "placeholder_regions", "pointer_loss", "rec_pointers",
+           "shares_category", "visible_positions", "visible_rows"]

@@ -54,7 +54,8 @@ from .phrase_pointer import label_word_sequences, phrase_pointers
 from .independent_turns import TURN_ATTENTION, attention_mask_for
 from .lora import load_lora_state, merged_state_dict, save_lora_state
 from .metrics import AnswerAccuracy, MetricsWriter, StepLog, answer_loss_sum, compact_logits, compact_targets
-from .rec_pointer import AttentionInputCapture, PointerLoss, digit_tokens, pointer_loss, rec_pointers
+from .rec_pointer import (AttentionInputCapture, PointerLoss, attribute_pointer_loss, digit_tokens,
+                          placeholder_regions, pointer_loss, rec_pointers, shares_category)
 from .region_aux import RegionAuxiliaryHeads
 from .region_labels import RegionLabelLoss
 from .region_pretrain import pretrain_region_path
@@ -252,6 +253,15 @@ class TrainingRecipe:
                                         f"layer than train.rec_pointer_head ({head}), 0..{n_heads - 1}, or null")
             self.pointers[name] = SupervisedHead(captures[layer], head if second is None else (head, second),
                                                  getattr(t, f"{name}_pointer_weight"))
+        self.rec_attribute_head = t.rec_pointer_attribute_head if "rec" in self.pointers else None
+        if self.rec_attribute_head is not None:
+            attribute, head = self.rec_attribute_head, t.rec_pointer_head
+            if not (0 <= attribute < n_heads and attribute != head % n_heads):
+                raise InvalidInputError(f"train.rec_pointer_attribute_head is {attribute}: use another head of the "
+                                        f"layer than train.rec_pointer_head ({head}), 0..{n_heads - 1}, or null")
+            if t.rec_pointer_second_head is not None:
+                raise InvalidInputError("train.rec_pointer_attribute_head and train.rec_pointer_second_head both add "
+                                        "a head to the REC lookup: set one of them to null")
         if "rec" in self.pointers or "phrase" in self.pointers:
             self.rec_digits = digit_tokens(self.processor.tokenizer.get_vocab())
         if "phrase" in self.pointers:
@@ -289,6 +299,14 @@ class TrainingRecipe:
             return None, 0
         lm = self.model.model.language_model
         supervised = self.pointers[name]
+        if name == "rec" and self.rec_attribute_head is not None:
+            region_of = placeholder_regions(b.inputs["input_ids"], self.processor.region_token_id,
+                                            b.inputs["region_token_index"])
+            categories = [labels.get("category") for labels in b.region_labels]
+            shared = [shares_category(p, region_of[p.row], categories) for p in rows]
+            return attribute_pointer_loss(supervised.capture, rows, supervised.head, self.rec_attribute_head, shared,
+                                          b.inputs.get("attention_mask"),
+                                          lambda x: self.model.lm_head(lm.norm(x))), len(rows)
         losses = pointer_loss(supervised.capture, rows, supervised.head, b.inputs.get("attention_mask"),
                               readout=None if name == "phrase" else lambda x: self.model.lm_head(lm.norm(x)),
                               spread=name == "phrase" and self.config.train.phrase_pointer_spread)
