@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from teacher_forced import rec_turns  # noqa: E402
 
 
 def label_word_spans(ids: list[int], targets: Sequence[int], words: Sequence[tuple[int, ...]]
@@ -45,7 +47,6 @@ def label_word_spans(ids: list[int], targets: Sequence[int], words: Sequence[tup
 def phrase_attention(api, samples, layer: int = -2, head: int = 0) -> tuple[dict[str, float], int]:
     """({field: mean attention on that field's words}, number of phrases read), over REC phrases
     that name a label field beside the category."""
-    from regiongpt.training.data import answer_runs
     from regiongpt.training.phrase_pointer import label_word_sequences, phrase_pointers
     from regiongpt.training.rec_pointer import AttentionInputCapture, digit_tokens
 
@@ -60,34 +61,23 @@ def phrase_attention(api, samples, layer: int = -2, head: int = 0) -> tuple[dict
     sums: dict[str, float] = defaultdict(float)
     count = 0
     try:
-        for sample in samples:
-            regions = [{"segmentation": r.mask} if r.mask else {"box": r.box} for r in sample.regions]
-            turns = sample.conversations
-            for human, answer in zip(turns[0::2], turns[1::2]):
-                if human.get("task") != "rec":
-                    continue
-                question = human["value"].replace("<image>\n", "")
-                prompt = api._prompt([{"role": "user", "content": f"<image>\n{question}"}])
-                text = prompt + answer["value"]
-                inputs = processor(images=[str(sample.image_path())], text=[text], regions=[regions],
-                                   target_spans=[[(len(prompt), len(text))]])
-                labels = inputs.pop("labels")
-                answer_index, tasks = answer_runs(labels, [["rec"]])
-                rows = phrase_pointers(inputs["input_ids"], answer_index, tasks, words, digits)
-                if not rows:
-                    continue
-                row = rows[0]
-                model(**{k: v.to(model.device) for k, v in inputs.items()})
-                attention = capture.head_log_attention(0, row.query, head).exp()
-                per_field: dict[str, float] = defaultdict(float)
-                for span, word in label_word_spans(inputs["input_ids"][0].tolist(), row.targets, words):
-                    if word in field_of:
-                        per_field[field_of[word]] += float(attention[span].sum())
-                if len([f for f in per_field if f != "category"]) == 0:
-                    continue  # the phrase names the category alone
-                count += 1
-                for field in config.region_label_token_ids:
-                    sums[field] += per_field.get(field, 0.0)
+        for turn in rec_turns(api, samples):
+            inputs = turn.inputs
+            rows = phrase_pointers(inputs["input_ids"], turn.answer_index, turn.answer_tasks, words, digits)
+            if not rows:
+                continue
+            row = rows[0]
+            model(**{k: v.to(model.device) for k, v in inputs.items()})
+            attention = capture.head_log_attention(0, row.query, head).exp()
+            per_field: dict[str, float] = defaultdict(float)
+            for span, word in label_word_spans(inputs["input_ids"][0].tolist(), row.targets, words):
+                if word in field_of:
+                    per_field[field_of[word]] += float(attention[span].sum())
+            if len([f for f in per_field if f != "category"]) == 0:
+                continue  # the phrase names the category alone
+            count += 1
+            for field in config.region_label_token_ids:
+                sums[field] += per_field.get(field, 0.0)
     finally:
         capture.remove()
     return {field: value / count for field, value in sums.items()} if count else {}, count

@@ -33,6 +33,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from teacher_forced import encode_turn, rec_turns  # noqa: E402
 QUOTED = re.compile(r"'([^']*)'")
 
 
@@ -59,7 +61,6 @@ def linear_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.
 def colour_lookup(api, samples, colours: list[str], layer: int = -1, head: int = 0) -> dict:
     """The probe's numbers (see the module docstring) over the samples' direct REC turns."""
     from regiongpt.evaluation.synth_suite import phrase_form
-    from regiongpt.training.data import answer_runs
     from regiongpt.training.rec_pointer import AttentionInputCapture, digit_tokens, rec_pointers
 
     model, processor = api.model, api.processor
@@ -75,68 +76,55 @@ def colour_lookup(api, samples, colours: list[str], layer: int = -1, head: int =
     swap = {"named_on_target": 0.0, "named_on_other": 0.0, "swapped_on_target": 0.0, "swapped_on_other": 0.0,
             "count": 0}
     try:
-        for n, sample in enumerate(samples):
-            part = 0 if n < half else 1
-            regions = [{"segmentation": r.mask} if r.mask else {"box": r.box} for r in sample.regions]
-            turns = sample.conversations
-            for human, answer in zip(turns[0::2], turns[1::2]):
-                if human.get("task") != "rec":
+        for turn in rec_turns(api, samples):
+            sample, inputs = turn.sample, turn.inputs
+            part = 0 if turn.item < half else 1
+            phrase = QUOTED.search(turn.question)
+            pointers = rec_pointers(inputs["input_ids"], turn.answer_index, turn.answer_tasks,
+                                    processor.region_token_id, inputs.get("region_token_index"), digits)
+            if not pointers or phrase is None:
+                continue  # no match: nothing to point at
+            model(**{k: v.to(model.device) for k, v in inputs.items()})
+            hidden = capture.hidden[0].float().cpu()  # (L, D): the layer's normalised input
+            for p in pointers:
+                if len(p.candidates) != len(sample.regions):
+                    continue  # the world's questions list every region, in order
+                candidates = list(sample.regions)
+                target = candidates[p.answer]
+                colour = (target.attributes or {}).get("colour")
+                names_colour = "colour" in phrase_form(phrase.group(1), target.attributes or {})
+                if names_colour and colour in index:
+                    phrase_x[part].append(hidden[p.query])
+                    phrase_y[part].append(index[colour])
+                for position, region in zip(p.candidates, candidates):
+                    if (region.attributes or {}).get("colour") in index:
+                        region_x[part].append(hidden[position])
+                        region_y[part].append(index[region.attributes["colour"]])
+                same = [k for k, r in enumerate(candidates) if r.category == target.category and k != p.answer]
+                if not (names_colour and same):
                     continue
-                question = human["value"].replace("<image>\n", "")
-                phrase = QUOTED.search(question)
-                prompt = api._prompt([{"role": "user", "content": f"<image>\n{question}"}])
-                text = prompt + answer["value"]
-                inputs = processor(images=str(sample.image_path()), text=text, regions=regions,
-                                   target_spans=[(len(prompt), len(text))])
-                labels = inputs.pop("labels")
-                answer_index, tasks = answer_runs(labels, [["rec"]])
-                pointers = rec_pointers(inputs["input_ids"], answer_index, tasks, processor.region_token_id,
-                                        inputs.get("region_token_index"), digits)
-                if not pointers or phrase is None:
-                    continue  # no match: nothing to point at
-                model(**{k: v.to(model.device) for k, v in inputs.items()})
-                hidden = capture.hidden[0].float().cpu()  # (L, D): the layer's normalised input
-                for p in pointers:
-                    if len(p.candidates) != len(sample.regions):
-                        continue  # the world's questions list every region, in order
-                    candidates = list(sample.regions)
-                    target = candidates[p.answer]
-                    colour = (target.attributes or {}).get("colour")
-                    names_colour = "colour" in phrase_form(phrase.group(1), target.attributes or {})
-                    if names_colour and colour in index:
-                        phrase_x[part].append(hidden[p.query])
-                        phrase_y[part].append(index[colour])
-                    for position, region in zip(p.candidates, candidates):
-                        if (region.attributes or {}).get("colour") in index:
-                            region_x[part].append(hidden[position])
-                            region_y[part].append(index[region.attributes["colour"]])
-                    same = [k for k, r in enumerate(candidates) if r.category == target.category and k != p.answer]
-                    if not (names_colour and same):
-                        continue
-                    attention = capture.head_log_attention(0, p.query, head)[list(p.candidates)].softmax(0)
-                    split["target"] += float(attention[p.answer])
-                    split["same_category"] += float(attention[same].sum())
-                    split["other"] += float(1 - attention[p.answer] - attention[same].sum())
-                    split["target_most"] += int(int(attention.argmax()) == p.answer)
-                    split["count"] += 1
-                    # the same question naming a same-category candidate's colour instead: does the head follow?
-                    other = next((k for k in same if candidates[k].attributes.get("colour") != colour), None)
-                    if other is None:
-                        continue
-                    swapped = re.sub(rf"\b{colour}\b", candidates[other].attributes["colour"], phrase.group(0))
-                    swapped_text = text.replace(phrase.group(0), swapped, 1)
-                    swapped_inputs = processor(images=str(sample.image_path()), text=swapped_text, regions=regions,
-                                               target_spans=[(len(prompt), len(text))])
-                    swapped_inputs.pop("labels")
-                    if swapped_inputs["input_ids"].shape != inputs["input_ids"].shape:
-                        continue  # the colour names differ in length: positions would not line up
-                    model(**{k: v.to(model.device) for k, v in swapped_inputs.items()})
-                    moved = capture.head_log_attention(0, p.query, head)[list(p.candidates)].softmax(0)
-                    swap["named_on_target"] += float(attention[p.answer])
-                    swap["named_on_other"] += float(attention[other])
-                    swap["swapped_on_target"] += float(moved[p.answer])
-                    swap["swapped_on_other"] += float(moved[other])
-                    swap["count"] += 1
+                attention = capture.head_log_attention(0, p.query, head)[list(p.candidates)].softmax(0)
+                split["target"] += float(attention[p.answer])
+                split["same_category"] += float(attention[same].sum())
+                split["other"] += float(1 - attention[p.answer] - attention[same].sum())
+                split["target_most"] += int(int(attention.argmax()) == p.answer)
+                split["count"] += 1
+                # the same question naming a same-category candidate's colour instead: does the head follow?
+                other = next((k for k in same if candidates[k].attributes.get("colour") != colour), None)
+                if other is None:
+                    continue
+                swapped = re.sub(rf"\b{colour}\b", candidates[other].attributes["colour"], phrase.group(0))
+                swapped_inputs, _, _ = encode_turn(api, sample, turn.regions, turn.prompt,
+                                                   turn.text.replace(phrase.group(0), swapped, 1))
+                if swapped_inputs["input_ids"].shape != inputs["input_ids"].shape:
+                    continue  # the colour names differ in length: positions would not line up
+                model(**{k: v.to(model.device) for k, v in swapped_inputs.items()})
+                moved = capture.head_log_attention(0, p.query, head)[list(p.candidates)].softmax(0)
+                swap["named_on_target"] += float(attention[p.answer])
+                swap["named_on_other"] += float(attention[other])
+                swap["swapped_on_target"] += float(moved[p.answer])
+                swap["swapped_on_other"] += float(moved[other])
+                swap["count"] += 1
     finally:
         capture.remove()
 

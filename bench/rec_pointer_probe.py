@@ -22,12 +22,13 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from teacher_forced import rec_turns  # noqa: E402
 
 
 @torch.no_grad()
 def pointer_accuracy(api, samples, layer: int = -1, head: int = 0) -> dict:
     """{"head", "number", "number_follows_head", "count"} over the samples' direct REC turns."""
-    from regiongpt.training.data import answer_runs
     from regiongpt.training.rec_pointer import AttentionInputCapture, digit_tokens, rec_pointers
 
     model, processor = api.model, api.processor
@@ -35,32 +36,21 @@ def pointer_accuracy(api, samples, layer: int = -1, head: int = 0) -> dict:
     capture = AttentionInputCapture(model.model.language_model.layers[layer].self_attn)
     counts = {"head": 0, "number": 0, "number_follows_head": 0, "count": 0}
     try:
-        for sample in samples:
-            regions = [{"segmentation": r.mask} if r.mask else {"box": r.box} for r in sample.regions]
-            turns = sample.conversations
-            for human, answer in zip(turns[0::2], turns[1::2]):
-                if human.get("task") != "rec":
-                    continue
-                question = human["value"].replace("<image>\n", "")
-                prompt = api._prompt([{"role": "user", "content": f"<image>\n{question}"}])
-                text = prompt + answer["value"]
-                inputs = processor(images=str(sample.image_path()), text=text, regions=regions,
-                                   target_spans=[(len(prompt), len(text))])
-                labels = inputs.pop("labels")
-                answer_index, tasks = answer_runs(labels, [["rec"]])
-                pointers = rec_pointers(inputs["input_ids"], answer_index, tasks, processor.region_token_id,
-                                        inputs.get("region_token_index"), digits)
-                if not pointers:
-                    continue  # no match: nothing to point at
-                logits = model(**{k: v.to(model.device) for k, v in inputs.items()}).logits[0]
-                for p in pointers:
-                    log_attention = capture.head_log_attention(0, p.query, head)
-                    pointed = int(log_attention[list(p.candidates)].argmax())
-                    written = digits.get(int(logits[p.query].argmax()))
-                    counts["count"] += 1
-                    counts["head"] += int(pointed == p.answer)
-                    counts["number"] += int(written is not None and int(written) - 1 == p.answer)
-                    counts["number_follows_head"] += int(written is not None and int(written) - 1 == pointed)
+        for turn in rec_turns(api, samples):
+            inputs = turn.inputs
+            pointers = rec_pointers(inputs["input_ids"], turn.answer_index, turn.answer_tasks,
+                                    processor.region_token_id, inputs.get("region_token_index"), digits)
+            if not pointers:
+                continue  # no match: nothing to point at
+            logits = model(**{k: v.to(model.device) for k, v in inputs.items()}).logits[0]
+            for p in pointers:
+                log_attention = capture.head_log_attention(0, p.query, head)
+                pointed = int(log_attention[list(p.candidates)].argmax())
+                written = digits.get(int(logits[p.query].argmax()))
+                counts["count"] += 1
+                counts["head"] += int(pointed == p.answer)
+                counts["number"] += int(written is not None and int(written) - 1 == p.answer)
+                counts["number_follows_head"] += int(written is not None and int(written) - 1 == pointed)
     finally:
         capture.remove()
     n = counts.pop("count")

@@ -296,6 +296,35 @@ def visible_rows(attention_mask: torch.Tensor | None, rows: Sequence[int], queri
     return attention_mask[row_t].bool()
 
 
+def _target_mask(log_attention: torch.Tensor, pointers: Sequence[SupervisedRow]) -> torch.Tensor:  # (P, L) bool
+    targets = torch.zeros_like(log_attention, dtype=torch.bool)
+    for i, p in enumerate(pointers):
+        targets[i, list(p.targets)] = True
+    return targets
+
+
+def _mean_log_attention(log_attentions: Sequence[torch.Tensor]) -> torch.Tensor:  # (P, L)
+    """The log of several heads' mean attention."""
+    # -inf (masked) clamped: logsumexp's gradient where every input is -inf is NaN
+    stacked = torch.stack(list(log_attentions)).clamp(min=-1e4)  # (H, P, L)
+    return torch.logsumexp(stacked, dim=0) - math.log(len(log_attentions))
+
+
+def _judged_right(log_attention: torch.Tensor, pointers: Sequence[SupervisedRow]) -> int:
+    """How many pointers put the most attention on their answer's choice."""
+    detached = log_attention.detach().float().cpu().numpy()
+    return sum(int(int(np.argmax([np.logaddexp.reduce(detached[i, list(c)]) for c in p.choices])) == p.answer)
+               for i, p in enumerate(pointers))
+
+
+def _readout_loss(readout: Callable[[torch.Tensor], torch.Tensor], written: torch.Tensor,
+                  pointers: Sequence[SupervisedRow]) -> torch.Tensor:
+    """Summed cross-entropy of the token each pointer writes, read from what the heads write (P, D)."""
+    logits = readout(written).float()  # (P, V)
+    tokens = torch.tensor([p.token for p in pointers], device=logits.device)
+    return torch.nn.functional.cross_entropy(logits, tokens, reduction="sum")
+
+
 def pointer_loss(capture: AttentionInputCapture, pointers: Sequence[SupervisedRow], head: int | Sequence[int],
                  attention_mask: torch.Tensor | None,
                  readout: Callable[[torch.Tensor], torch.Tensor] | None = None, spread: bool = False) -> PointerLoss:
@@ -315,29 +344,16 @@ def pointer_loss(capture: AttentionInputCapture, pointers: Sequence[SupervisedRo
     per_head = capture.heads_attention(rows, queries, heads, visible)  # each (P, L), (P, D)
     log_attention, written = per_head[0]
     if len(heads) > 1:
-        # -inf (masked) clamped: logsumexp's gradient where every input is -inf is NaN
-        stacked = torch.stack([a for a, _ in per_head]).clamp(min=-1e4)  # (H, P, L)
-        log_attention = torch.logsumexp(stacked, dim=0) - math.log(len(heads))
+        log_attention = _mean_log_attention([a for a, _ in per_head])
         written = torch.stack([w for _, w in per_head]).sum(0)
-    targets = torch.zeros_like(log_attention, dtype=torch.bool)
-    for i, p in enumerate(pointers):
-        targets[i, list(p.targets)] = True
+    targets = _target_mask(log_attention, pointers)
     if spread:
         attention = -(log_attention.masked_fill(~targets, 0.0).sum(-1) / targets.sum(-1)).sum()
     else:
         attention = -torch.logsumexp(log_attention.masked_fill(~targets, float("-inf")), dim=-1).sum()
-    correct = 0
-    detached = log_attention.detach().float().cpu().numpy()
-    for i, p in enumerate(pointers):
-        mass = [np.logaddexp.reduce(detached[i, list(choice)]) for choice in p.choices]
-        correct += int(int(np.argmax(mass)) == p.answer)
-    read = zero
-    if readout is not None:
-        logits = readout(written).float()  # (P, V)
-        tokens = torch.tensor([p.token for p in pointers], device=logits.device)
-        read = torch.nn.functional.cross_entropy(logits, tokens, reduction="sum")
+    read = zero if readout is None else _readout_loss(readout, written, pointers)
     n = len(pointers)
-    return PointerLoss(attention / n, read / n, correct)
+    return PointerLoss(attention / n, read / n, _judged_right(log_attention, pointers))
 
 
 def attribute_pointer_loss(capture: AttentionInputCapture, pointers: Sequence[RecPointer], head: int,
@@ -354,23 +370,15 @@ def attribute_pointer_loss(capture: AttentionInputCapture, pointers: Sequence[Re
     visible = visible_rows(attention_mask, rows, queries)
     (log_lookup, written_lookup), (log_attribute, written_attribute) = capture.heads_attention(
         rows, queries, [head, attribute_head], visible)  # each (P, L), (P, D)
-    targets = torch.zeros_like(log_lookup, dtype=torch.bool)
-    for i, p in enumerate(pointers):
-        targets[i, list(p.targets)] = True
+    targets = _target_mask(log_lookup, pointers)
     on_target = -torch.logsumexp(log_lookup.masked_fill(~targets, float("-inf")), dim=-1)  # (P,)
     on_target_attribute = -torch.logsumexp(log_attribute.masked_fill(~targets, float("-inf")), dim=-1)
     mask = torch.tensor(list(shared), dtype=torch.bool, device=on_target.device)
     attention = on_target.sum() + on_target_attribute.masked_fill(~mask, 0.0).sum()
-    # -inf (masked) clamped: logsumexp's gradient where every input is -inf is NaN
-    mean = (torch.logsumexp(torch.stack([log_lookup, log_attribute]).clamp(min=-1e4), dim=0)
-            - math.log(2)).detach().float().cpu().numpy()
-    correct = sum(int(int(np.argmax([np.logaddexp.reduce(mean[i, list(c)]) for c in p.choices])) == p.answer)
-                  for i, p in enumerate(pointers))
-    logits = readout(written_lookup + written_attribute).float()  # (P, V)
-    tokens = torch.tensor([p.token for p in pointers], device=logits.device)
-    read = torch.nn.functional.cross_entropy(logits, tokens, reduction="sum")
+    read = _readout_loss(readout, written_lookup + written_attribute, pointers)
+    judged = _judged_right(_mean_log_attention([log_lookup, log_attribute]), pointers)
     n = len(pointers)
-    return PointerLoss(attention / n, read / n, correct)
+    return PointerLoss(attention / n, read / n, judged)
 
 
 def shares_category(pointer: RecPointer, region_of: Mapping[int, int], categories: Sequence[str | None]) -> bool:

@@ -256,7 +256,7 @@ class TrainingRecipe:
         self.rec_attribute_head = t.rec_pointer_attribute_head if "rec" in self.pointers else None
         if self.rec_attribute_head is not None:
             attribute, head = self.rec_attribute_head, t.rec_pointer_head
-            if not (0 <= attribute < n_heads and attribute != head % n_heads):
+            if not (0 <= attribute < n_heads and attribute != head):
                 raise InvalidInputError(f"train.rec_pointer_attribute_head is {attribute}: use another head of the "
                                         f"layer than train.rec_pointer_head ({head}), 0..{n_heads - 1}, or null")
             if t.rec_pointer_second_head is not None:
