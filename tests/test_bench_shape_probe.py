@@ -47,7 +47,11 @@ def test_pretrain_and_probe_report_the_models_image_label_head(tokenizer, tmp_pa
     assert probe.main(["pretrain", "--world", str(world), labels, "train.region_pretrain_steps=2",
                        "train.region_pretrain_batch_size=2"]) == 0
     row = _rows(capsys.readouterr().out)[-1]
-    assert row[0] == "2 x 2" and all(0.0 <= float(v) <= 1.0 for v in row[3:5])
+    assert row[0] == "2 x 2" and 0.0 <= float(row[3]) <= 1.0
+    best, threshold = re.fullmatch(r"(\S+) \((\S+)\)", row[4]).groups()
+    assert 0.0 <= float(best) <= 1.0 and float(threshold) in probe.THRESHOLDS
+    recalls = [float(v) for v in row[5].split(" / ")]  # present categories said, by their clearest instance's size
+    assert len(recalls) == 3 and all(v != v or 0.0 <= v <= 1.0 for v in recalls)
     with pytest.raises(SystemExit, match="add model.image_labels"):
         probe.main(["pretrain", "--world", str(world), "train.region_pretrain_steps=1", "model.image_labels=[]"])
 

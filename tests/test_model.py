@@ -112,8 +112,9 @@ def _one_step(model, processor, image):
     [(("vision_tower", "language_model"), {}), (("vision_tower",), {}),
      (("vision_tower",), dict(region_shape_encoder=True, region_shape_pixels=True, feature_position_embedding=True,
                               region_number_embedding=True)),
-     (("vision_tower",), dict(region_shape_encoder=True, region_shape_pixels=True, region_shape_context=0.5))],
-    ids=["stage1_alignment", "stage2_instruction", "small_model_extensions", "context_crop"],
+     (("vision_tower",), dict(region_shape_encoder=True, region_shape_pixels=True, region_shape_context=0.5)),
+     (("vision_tower",), dict(refine_skip_layer=-3))],
+    ids=["stage1_alignment", "stage2_instruction", "small_model_extensions", "context_crop", "lateral_skip"],
 )
 def test_every_trainable_parameter_gets_gradient_after_one_step(tokenizer, image, frozen, extras):
     # The vision tower stays frozen in both stages: its blocks after the feature layer are unused.
@@ -146,6 +147,37 @@ def test_residual_refinement_is_exact_at_init(tokenizer, image):
                                  model.config.vision_grid_size)
     expected = model.model.connector(coarse.flatten(2).transpose(1, 2))
     torch.testing.assert_close(vision.image_embeds, expected, rtol=0, atol=0)
+
+
+def test_refine_skip_layer_adds_the_finer_stage_and_is_exact_at_init(tokenizer, image):
+    # tiny-resnet-llama: the last stage is 8x8 (32 channels), the one before it 16x16 (16 channels),
+    # the refined map 16x16: the lateral connection adds the finer stage cell by cell
+    plain = make_model("tiny-resnet-llama", tokenizer)
+    skip = make_model("tiny-resnet-llama", tokenizer, refine_skip_layer=-2)
+    missing, unexpected = skip.load_state_dict(plain.state_dict(), strict=False)
+    assert unexpected == [] and sorted(missing) == ["model.feature_refiner.lateral.bias",
+                                                    "model.feature_refiner.lateral.weight"]
+    processor = make_processor(plain, tokenizer)
+    pixels = processor(images=image, text="<image>\nhi", regions=[])["pixel_values"]
+    with torch.no_grad():
+        before = plain.model.encode_images(pixels)
+        at_init = skip.model.encode_images(pixels)
+        torch.testing.assert_close(at_init.region_maps, before.region_maps, rtol=0, atol=0)
+        torch.testing.assert_close(at_init.image_embeds, before.image_embeds, rtol=0, atol=0)
+        skip.model.feature_refiner.lateral.weight.normal_()
+        skip.model.feature_refiner.lateral.bias.normal_()
+        after = skip.model.encode_images(pixels)
+        finer = skip.model.vision_tower(pixels, output_hidden_states=True).hidden_states[-2]  # (1, 16, 16, 16)
+        lateral = skip.model.feature_refiner.lateral(finer)
+    torch.testing.assert_close(after.region_maps, before.region_maps + lateral)
+    assert after.image_embeds.shape == before.image_embeds.shape
+    assert not torch.allclose(after.image_embeds, before.image_embeds)
+
+
+@pytest.mark.parametrize("skip, expected", [(-1, "vision_feature_layer"), (3, "out of range"), (True, "an int")])
+def test_refine_skip_layer_is_checked(tokenizer, skip, expected):
+    with pytest.raises(ValueError, match=expected):
+        make_model("tiny-resnet-llama", tokenizer, refine_skip_layer=skip)
 
 
 @pytest.mark.parametrize("preset", ["tiny-clip-llama", "tiny-siglip-qwen2", "tiny-convnext-mistral", "tiny-resnet-llama"])

@@ -154,6 +154,9 @@ def test_an_attribute_head_learns_only_where_a_category_is_shared():
     torch.testing.assert_close(loss.readout, read)
     mean = 0.5 * (a0.exp() + a2.exp())
     assert loss.correct >= int(int(torch.argmax(mean[[2, 3, 4]])) == 1)
+    weighted = attribute_pointer_loss(capture, [shared_row, unique_row], 0, 2, [True, False], None, readout,
+                                      attribute_weight=3.0)
+    torch.testing.assert_close(weighted.attention, (-a0[3] - 3.0 * a2[3] - b0[2]) / 2)
     # on a row without a shared category the attribute head gets no attention gradient
     alone = attribute_pointer_loss(capture, [unique_row], 0, 2, [False], None, readout)
     alone.attention.backward()

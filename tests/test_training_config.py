@@ -60,6 +60,8 @@ def test_overrides_are_typed_dotted_yaml_values(tmp_path):
         ("train.lora.r=4", "remove 'language_model' from 'train.trainable'"),
         ("train.epochs=2", "set exactly one of 'train.max_steps' and 'train.epochs'"),
         ("train.region_pretrain_workers=-1", "'train.region_pretrain_workers' must be >= 0"),
+        ("train.rec_pointer_attribute_weight=0", "'train.rec_pointer_attribute_weight' must be > 0"),
+        ("train.rec_pointer_attribute_weight=2", "set 'train.rec_pointer_attribute_head' too"),
     ],
 )
 def test_bad_overrides_name_the_key(override, expected):

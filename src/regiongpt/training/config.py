@@ -350,6 +350,9 @@ class TrainConfig:
         "texture or size tells it apart there, which the lookup head ignored (a swapped colour word moved its "
         "attention by 0.0002, `bench/rec_colour_probe.py`). null = none; not with `train.rec_pointer_second_head`.",
         default=None)
+    rec_pointer_attribute_weight: float = _doc(
+        "Weight of `train.rec_pointer_attribute_head`'s attention term against the lookup head's (both are then "
+        "scaled by `train.rec_pointer_weight`): those answers are a minority of the REC turns.", default=1.0)
     existence_pointer_weight: float = _doc(
         "Weight of an attention-supervision loss on existence answers (\"Is there a heart in the image?\"): at "
         "the position that writes \"Yes\"/\"No\", one head (`train.existence_pointer_layer`, "
@@ -791,6 +794,12 @@ def validate_config(config: TrainingConfig) -> None:
             raise InvalidInputError(f"'train.{name}_weight' must be >= 0 (0 = off), got {getattr(t, f'{name}_weight')}")
         if getattr(t, f"{name}_head") < 0:
             raise InvalidInputError(f"'train.{name}_head' must be >= 0, got {getattr(t, f'{name}_head')}")
+    if t.rec_pointer_attribute_weight <= 0:
+        raise InvalidInputError("'train.rec_pointer_attribute_weight' must be > 0 (to turn the attribute head off, set "
+                                f"'train.rec_pointer_attribute_head=null'), got {t.rec_pointer_attribute_weight}")
+    if t.rec_pointer_attribute_weight != 1.0 and t.rec_pointer_attribute_head is None:
+        raise InvalidInputError("'train.rec_pointer_attribute_weight' weighs the attribute head's term: set "
+                                "'train.rec_pointer_attribute_head' too, or leave the weight at 1")
 
 
 # ----- documentation -----------------------------------------------------------------------------

@@ -358,11 +358,13 @@ def pointer_loss(capture: AttentionInputCapture, pointers: Sequence[SupervisedRo
 
 def attribute_pointer_loss(capture: AttentionInputCapture, pointers: Sequence[RecPointer], head: int,
                            attribute_head: int, shared: Sequence[bool], attention_mask: torch.Tensor | None,
-                           readout: Callable[[torch.Tensor], torch.Tensor]) -> PointerLoss:
+                           readout: Callable[[torch.Tensor], torch.Tensor],
+                           attribute_weight: float = 1.0) -> PointerLoss:
     """REC supervision with a second head for the answers whose region shares its category with another
     candidate (``shared[i]``). ``head`` is supervised on every pointer as :func:`pointer_loss` does,
-    ``attribute_head`` on the shared ones only (the sum of the two attention losses); the readout reads
-    what the two heads write together, and a pointer is judged by their mean attention."""
+    ``attribute_head`` on the shared ones only (the sum of the two attention losses, the second times
+    ``attribute_weight``); the readout reads what the two heads write together, and a pointer is judged
+    by their mean attention."""
     zero = torch.zeros((), device=capture.hidden.device if capture.hidden is not None else None)
     if not pointers:
         return PointerLoss(zero, zero, 0)
@@ -374,7 +376,7 @@ def attribute_pointer_loss(capture: AttentionInputCapture, pointers: Sequence[Re
     on_target = -torch.logsumexp(log_lookup.masked_fill(~targets, float("-inf")), dim=-1)  # (P,)
     on_target_attribute = -torch.logsumexp(log_attribute.masked_fill(~targets, float("-inf")), dim=-1)
     mask = torch.tensor(list(shared), dtype=torch.bool, device=on_target.device)
-    attention = on_target.sum() + on_target_attribute.masked_fill(~mask, 0.0).sum()
+    attention = on_target.sum() + attribute_weight * on_target_attribute.masked_fill(~mask, 0.0).sum()
     read = _readout_loss(readout, written_lookup + written_attribute, pointers)
     judged = _judged_right(_mean_log_attention([log_lookup, log_attribute]), pointers)
     n = len(pointers)

@@ -306,7 +306,8 @@ class TrainingRecipe:
             shared = [shares_category(p, region_of[p.row], categories) for p in rows]
             return attribute_pointer_loss(supervised.capture, rows, supervised.head, self.rec_attribute_head, shared,
                                           b.inputs.get("attention_mask"),
-                                          lambda x: self.model.lm_head(lm.norm(x))), len(rows)
+                                          lambda x: self.model.lm_head(lm.norm(x)),
+                                          self.config.train.rec_pointer_attribute_weight), len(rows)
         losses = pointer_loss(supervised.capture, rows, supervised.head, b.inputs.get("attention_mask"),
                               readout=None if name == "phrase" else lambda x: self.model.lm_head(lm.norm(x)),
                               spread=name == "phrase" and self.config.train.phrase_pointer_spread)
