@@ -226,7 +226,7 @@ def pretrain(args: argparse.Namespace) -> int:
                          image_labels=t.region_pretrain_image_labels, image_weight=t.region_pretrain_image_weight,
                          heads_on=t.region_pretrain_heads_on, segmentation_weight=weight,
                          segmentation_presence_weight=t.segmentation_presence_weight,
-                         num_workers=t.region_pretrain_workers)
+                         num_workers=t.region_pretrain_workers, segmentation_peak_targets=t.segmentation_peak_targets)
     seconds = time.time() - start
     model.eval()
     names = model.config.image_label_names

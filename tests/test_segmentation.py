@@ -61,6 +61,22 @@ def test_cover_gives_each_cell_the_share_each_category_covers():
     assert torch.allclose(overlapping[0, :, 0, 0], torch.tensor([0.5, 0.5, 0.0]))  # clipped to the whole cell
 
 
+def test_peak_cover_makes_each_regions_most_covered_cell_wholly_its_category():
+    from regiongpt.training.segmentation import segmentation_cover
+
+    masks = torch.zeros(2, 8, 8)
+    masks[0, :2, :3] = 1  # a small object: 6/16 of the top-left cell, 0 elsewhere
+    masks[0, 2:3, 2:5] = 1  # ... and 2/16 of the top-left and 1/16 of the top-right cell
+    masks[1, 4:, 4:] = 1  # a large one: the whole bottom-right cell
+    plain = segmentation_cover(masks, torch.tensor([0, 0]), torch.tensor([1, 0]), 1, 2, n_classes=2)
+    peak = segmentation_cover(masks, torch.tensor([0, 0]), torch.tensor([1, 0]), 1, 2, n_classes=2, peak=True)
+    assert plain[0, :, 0, 0].tolist() == [0.0, 0.5, 0.5]
+    assert peak[0, :, 0, 0].tolist() == [0.0, 1.0, 0.0]  # its best cell: all of it, no background
+    assert peak[0, :, 0, 1].tolist() == [0.0, 0.125, 0.875]  # the other cell: its share over its best share
+    assert peak[0, :, 1, 1].tolist() == plain[0, :, 1, 1].tolist() == [1.0, 0.0, 0.0]  # large objects unchanged
+    assert torch.allclose(peak.sum(1), torch.ones(1, 2, 2))
+
+
 def test_presence_term_scores_each_categorys_largest_cell_against_what_the_image_shows():
     masks = torch.zeros(1, 8, 8)
     masks[0, :4, :4] = 1  # image 0 shows a star in its top-left cell; image 1 shows nothing

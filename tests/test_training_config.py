@@ -62,6 +62,7 @@ def test_overrides_are_typed_dotted_yaml_values(tmp_path):
         ("train.region_pretrain_workers=-1", "'train.region_pretrain_workers' must be >= 0"),
         ("train.rec_pointer_attribute_weight=0", "'train.rec_pointer_attribute_weight' must be > 0"),
         ("train.rec_pointer_attribute_weight=2", "set 'train.rec_pointer_attribute_head' too"),
+        ("train.segmentation_peak_targets=true", "'train.segmentation_peak_targets' changes the per-cell"),
     ],
 )
 def test_bad_overrides_name_the_key(override, expected):

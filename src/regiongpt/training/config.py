@@ -318,6 +318,11 @@ class TrainConfig:
         "per-cell probability against whether the image shows it. Image label marks (`model.image_labels`) carry "
         "those largest probabilities, so this is what a yes/no question reads: one confident cell of an absent "
         "category is a wrong \"yes\". 0 = off.", default=0.0)
+    segmentation_peak_targets: bool = _doc(
+        "In the per-cell category loss (`train.segmentation_weight`), divide each region's share of every cell by "
+        "its largest share, so the cell a region covers most is wholly its category however small the region is "
+        "(`training/segmentation.py`). With plain shares a small object is mostly background in every cell, and "
+        "the head learns to be unsure of it.", default=False)
     region_label_weight: float = _doc(
         "Weight of the label loss of the model's region label head (`model.region_labels`) during training "
         "(after the region-path pretraining, where it weighs 1 like the other region heads). It keeps the marks "
@@ -769,6 +774,9 @@ def validate_config(config: TrainingConfig) -> None:
                                 f"{t.segmentation_presence_weight}")
     if t.segmentation_presence_weight and not (t.segmentation_weight or t.region_pretrain_segmentation_weight):
         raise InvalidInputError("'train.segmentation_presence_weight' is a term of the per-cell category loss: set "
+                                "'train.segmentation_weight' (or 'train.region_pretrain_segmentation_weight') too")
+    if t.segmentation_peak_targets and not (t.segmentation_weight or t.region_pretrain_segmentation_weight):
+        raise InvalidInputError("'train.segmentation_peak_targets' changes the per-cell category loss's targets: set "
                                 "'train.segmentation_weight' (or 'train.region_pretrain_segmentation_weight') too")
     if t.segmentation_weight and not (t.region_pretrain_steps or t.region_aux_weight):
         raise InvalidInputError("'train.segmentation_weight' acts in the region-path pretraining and through the "

@@ -205,7 +205,7 @@ class TrainingRecipe:
             self.train_samples, cfg.train.region_pretrain_attributes, self.model.config.text_config.hidden_size,
             cfg.train.region_pretrain_image_labels, cfg.train.region_pretrain_image_weight,
             self.model.config.image_grid_size, cfg.train.segmentation_weight, self.model.config.vision_feature_dim,
-            self.model, cfg.train.segmentation_presence_weight,
+            self.model, cfg.train.segmentation_presence_weight, cfg.train.segmentation_peak_targets,
         ).to(self.device)
         self.region_aux_optimizer = torch.optim.AdamW(self.region_aux.parameters(), lr=cfg.optim.lr,
                                                       betas=tuple(cfg.optim.betas), weight_decay=0.0)
@@ -414,7 +414,8 @@ class TrainingRecipe:
                                       heads_on=cfg.train.region_pretrain_heads_on,
                                       segmentation_weight=cfg.train.pretrain_segmentation_weight(),
                                       segmentation_presence_weight=cfg.train.segmentation_presence_weight,
-                                      num_workers=cfg.train.region_pretrain_workers)
+                                      num_workers=cfg.train.region_pretrain_workers,
+                                      segmentation_peak_targets=cfg.train.segmentation_peak_targets)
         self.metrics.write(0, "region_pretrain", {"loss_first": losses[0], "loss_last": losses[-1],
                                                   "steps": len(losses)})
 

@@ -144,7 +144,8 @@ def pretrain_region_path(model: nn.Module, processor, samples: Sequence[NativeSa
                          batch_size: int, seed: int, device: torch.device, attributes: Sequence[str] = (),
                          image_labels: Sequence[str] = (), image_weight: float = 0.25,
                          heads_on: str = "features", segmentation_weight: float = 0.0,
-                         segmentation_presence_weight: float = 0.0, num_workers: int = 0) -> list[float]:
+                         segmentation_presence_weight: float = 0.0, num_workers: int = 0,
+                         segmentation_peak_targets: bool = False) -> list[float]:
     """Train the region path (and, with ``image_labels``, the image tokens) for ``steps`` steps.
 
     Returns the summed, weighted head losses per step. ``heads_on="features"``: the region
@@ -179,7 +180,7 @@ def pretrain_region_path(model: nn.Module, processor, samples: Sequence[NativeSa
     segmentation = None
     if segmentation_weight:
         segmentation = SegmentationHead.for_model(model, labels.region_classes["category"],
-                                                  segmentation_presence_weight)
+                                                  segmentation_presence_weight, segmentation_peak_targets)
         trained += list(segmentation.parameters())
     for part in (heads, image_head, segmentation):
         if part is not None:

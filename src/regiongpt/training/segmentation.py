@@ -47,13 +47,18 @@ def segmentation_targets(region_masks: torch.Tensor, region_image_index: torch.T
 
 
 def segmentation_cover(region_masks: torch.Tensor, region_image_index: torch.Tensor, region_classes: torch.Tensor,
-                       n_images: int, size: int, n_classes: int) -> torch.Tensor:
+                       n_images: int, size: int, n_classes: int, peak: bool = False) -> torch.Tensor:
     """(B, n_classes + 1, size, size): per map cell, the share of it each class covers (regions are
     disjoint visible masks; overlaps are clipped) and, last, the background's share (the rest).
+    ``peak``: each region's shares are divided by its largest one, so the cell a region covers most
+    is wholly its category however small the region is (a 12-pixel object covers at most ~40% of an
+    8-pixel cell: with plain shares the head learns to be unsure of every small object).
     Arguments as :func:`segmentation_targets`."""
     cover = torch.zeros(n_images, n_classes + 1, size, size, device=region_masks.device)
     if region_masks.shape[0]:
         shares = F.adaptive_avg_pool2d(region_masks.float()[:, None], size)[:, 0]  # (R, size, size)
+        if peak:
+            shares = shares / shares.amax((1, 2), keepdim=True).clamp(min=1e-6)
         flat = region_image_index.to(region_masks.device).long() * (n_classes + 1) + region_classes.to(region_masks.device)
         cover.view(-1, size, size).index_add_(0, flat, shares)
     objects = cover[:, :n_classes].clamp(max=1.0)
@@ -67,16 +72,18 @@ class SegmentationHead(nn.Module):
 
     ``classes``: the category names in head order; the background is the last class. Its
     weight in the cross-entropy is ``background_weight`` (most cells are background, and a
-    head that says "background" everywhere is right most of the time). ``presence_weight`` adds
+    head that says "background" everywhere is right most of the time). ``peak_targets``: the targets
+    of :func:`segmentation_cover` with ``peak=True``. ``presence_weight`` adds
     an image-level term: for each category, the binary cross-entropy of its largest per-cell
     probability against whether the image shows it (what image label marks tell a yes/no question:
     one confident cell of an absent category is a wrong "yes").
     """
 
     def __init__(self, channels: int, classes: Sequence[str], background_weight: float = 0.2,
-                 model_head: nn.Module | None = None, presence_weight: float = 0.0):
+                 model_head: nn.Module | None = None, presence_weight: float = 0.0, peak_targets: bool = False):
         super().__init__()
         self.presence_weight = presence_weight
+        self.peak_targets = peak_targets
         self.index = {name: i for i, name in enumerate(classes)}
         self.background = len(classes)
         # the model's own image label head (not registered here: the model's optimiser trains it)
@@ -87,19 +94,22 @@ class SegmentationHead(nn.Module):
         self.register_buffer("class_weight", class_weight, persistent=False)
 
     @classmethod
-    def for_model(cls, model: nn.Module, classes: Sequence[str], presence_weight: float = 0.0) -> "SegmentationHead":
+    def for_model(cls, model: nn.Module, classes: Sequence[str], presence_weight: float = 0.0,
+                  peak_targets: bool = False) -> "SegmentationHead":
         """The loss on the model's image label head when it has one (``classes``: the training
         regions' categories, each of which it must know), else on a head of its own."""
         inner = model.model
         label_head = inner.image_label_head
         if label_head is None:
-            return cls(model.config.vision_feature_dim, classes, presence_weight=presence_weight)
+            return cls(model.config.vision_feature_dim, classes, presence_weight=presence_weight,
+                       peak_targets=peak_targets)
         names = list(model.config.image_label_names or [])
         unknown = [c for c in classes if c not in names]
         if unknown:
             raise InvalidInputError(f"training regions have categories the model's image labels do not name: "
                                     f"{unknown[:5]}; add them to model.image_labels (it has {names})")
-        return cls(model.config.vision_feature_dim, names, model_head=label_head, presence_weight=presence_weight)
+        return cls(model.config.vision_feature_dim, names, model_head=label_head, presence_weight=presence_weight,
+                   peak_targets=peak_targets)
 
     def forward(self, region_maps: torch.Tensor) -> torch.Tensor:
         """(B, K+1, h, w) logits."""
@@ -117,7 +127,7 @@ class SegmentationHead(nn.Module):
         rows = torch.tensor(known, dtype=torch.long, device=region_masks.device)
         classes = torch.tensor([self.index[categories[i]] for i in known], dtype=torch.long)
         targets = segmentation_cover(region_masks[rows], region_image_index[rows], classes, region_maps.shape[0],
-                                     region_maps.shape[-1], self.background)
+                                     region_maps.shape[-1], self.background, peak=self.peak_targets)
         logits = self(region_maps) if logits is None else logits.float()
         loss = F.cross_entropy(logits, targets, weight=self.class_weight)
         if self.presence_weight:
