@@ -44,7 +44,6 @@ from torch.nn import functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 THRESHOLDS = (0.1, 0.2, 0.3, 0.5, 0.7)
-SIZES = ("small", "medium", "large")  # the synthetic world's size buckets (regiongpt.data.synth.SIZES)
 
 
 def balanced(said: torch.Tensor, truth: torch.Tensor) -> float:
@@ -204,6 +203,7 @@ def label_head_presence(model, processor, samples) -> torch.Tensor:
 
 def pretrain(args: argparse.Namespace) -> int:
     from regiongpt.data.native import read_native_jsonl
+    from regiongpt.data.synth import SIZES
     from regiongpt.training.builders import build_model_and_processor, configure_trainable
     from regiongpt.training.config import load_config
     from regiongpt.training.region_pretrain import pretrain_region_path
