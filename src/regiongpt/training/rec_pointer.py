@@ -211,37 +211,49 @@ class AttentionInputCapture:
         head_dim = module.head_dim
         group = module.config.num_attention_heads // module.config.num_key_value_heads
         hidden = self.hidden  # (N, L, D)
-        length, device = hidden.shape[1], hidden.device
+        n_rows, length, device = hidden.shape[0], hidden.shape[1], hidden.device
+        # Queries grouped by batch row, so each row's scores are one (queries x keys) matmul: indexing
+        # the keys per query (P, L, d) cost ~10x more on CPU, mostly in the backward of the index.
+        # index_select throughout, not advanced indexing, for the same reason.
+        order = sorted(range(len(rows)), key=lambda i: (rows[i], i))  # stable: by row, then as given
         used = sorted(set(rows))  # the batch rows that hold a query
-        slot = torch.tensor([used.index(r) for r in rows], device=device)  # (P,) index into ``used``
-        row_t = torch.tensor(list(rows), device=device)
-        query_t = torch.tensor(list(queries), device=device)
-        h = hidden[torch.tensor(used, device=device)]  # (U, L, D)
-        q = module.q_proj(hidden[row_t, query_t]).view(len(rows), -1, head_dim)  # (P, H, d)
+        counts = [sum(1 for r in rows if r == u) for u in used]
+        order_t = torch.tensor(order, device=device)
+        restore = torch.empty_like(order_t)
+        restore[order_t] = torch.arange(len(order), device=device)  # sorted position of each query
+        flat_query = torch.tensor([rows[i] * length + queries[i] for i in order], device=device)
+        h = hidden if used == list(range(n_rows)) else hidden.index_select(0, torch.tensor(used, device=device))
+        q = module.q_proj(hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat_query))
+        q = q.view(len(rows), -1, head_dim)  # (P, H, d), in sorted order
         k = module.k_proj(h).view(len(used), length, -1, head_dim)  # (U, L, KV, d)
         v = module.v_proj(h).view(len(used), length, -1, head_dim)  # (U, L, KV, d)
+        query_t = flat_query % length  # (P,) sorted
         if self.rotary is not None:
             # (N or 1, L, d): per row, or shared by the batch when the positions are; or (L, d)
             cos, sin = self.rotary
             if cos.dim() == 3 and cos.shape[0] > 1:
                 used_t = torch.tensor(used, device=device)
-                q_cos, q_sin, k_cos, k_sin = cos[row_t, query_t], sin[row_t, query_t], cos[used_t], sin[used_t]
+                q_cos = cos.reshape(-1, cos.shape[-1]).index_select(0, flat_query)
+                q_sin = sin.reshape(-1, sin.shape[-1]).index_select(0, flat_query)
+                k_cos, k_sin = cos.index_select(0, used_t), sin.index_select(0, used_t)
             else:
                 cos, sin = (cos[0], sin[0]) if cos.dim() == 3 else (cos, sin)
-                q_cos, q_sin, k_cos, k_sin = cos[query_t], sin[query_t], cos, sin
+                q_cos, q_sin, k_cos, k_sin = cos.index_select(0, query_t), sin.index_select(0, query_t), cos, sin
             q = q * q_cos[:, None] + _rotate_half(q) * q_sin[:, None]
             k = k * k_cos[..., None, :] + _rotate_half(k) * k_sin[..., None, :]
-        allowed = torch.arange(length, device=device)[None] <= query_t[:, None]  # causal
+        allowed = torch.arange(length, device=device)[None] <= query_t[:, None]  # causal, (P, L) sorted
         if visible is not None:
-            allowed = allowed & visible.to(device)
+            allowed = allowed & visible.to(device).index_select(0, order_t)
         results = []
         for head in heads:
-            k_head, v_head = k[slot, :, head // group], v[slot, :, head // group]  # (P, L, d)
-            scores = torch.einsum("pld,pd->pl", k_head.float(), q[:, head].float()) * module.scaling  # (P, L)
+            k_head, v_head = k[:, :, head // group].float(), v[:, :, head // group]  # (U, L, d)
+            q_rows = q[:, head].float().split(counts)  # per used row: (P_u, d)
+            scores = torch.cat([q_u @ k_head[u].T for u, q_u in enumerate(q_rows)]) * module.scaling  # (P, L)
             log_attention = torch.log_softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
-            mixed = torch.einsum("pl,pld->pd", log_attention.exp().to(v_head.dtype), v_head)  # (P, d)
+            weights = log_attention.exp().to(v_head.dtype).split(counts)
+            mixed = torch.cat([w_u @ v_head[u] for u, w_u in enumerate(weights)])  # (P, d)
             written = mixed @ module.o_proj.weight[:, head * head_dim : (head + 1) * head_dim].T  # (P, D)
-            results.append((log_attention, written))
+            results.append((log_attention.index_select(0, restore), written.index_select(0, restore)))
         return results
 
     def head_attention(self, row: int, query: int, head: int, visible: torch.Tensor | None = None

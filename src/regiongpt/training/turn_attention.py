@@ -43,13 +43,18 @@ def turn_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: to
     def flat(x: torch.Tensor) -> torch.Tensor:  # (N, H, L, D) -> (N * L, H, D)
         return x.transpose(1, 2).reshape(n * length, heads, dim)
 
-    turn_query = flat(query)[turn_layout.query_index].transpose(1, 2)  # (T, H, Q, D)
-    turn_key = flat(key)[turn_layout.key_index].transpose(1, 2)  # (T, H, P + Q, D)
-    turn_value = flat(value)[turn_layout.key_index].transpose(1, 2)
+    def gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:  # (N * L, H, D), (T, K) -> (T, H, K, D)
+        # index_select, not x[index]: on CPU its backward (index_add) is ~9x faster than the
+        # accumulating index_put that advanced indexing differentiates to
+        return x.index_select(0, index.reshape(-1)).view(*index.shape, heads, dim).transpose(1, 2)
+
+    turn_query = gather(flat(query), turn_layout.query_index)  # (T, H, Q, D)
+    turn_key = gather(flat(key), turn_layout.key_index)  # (T, H, P + Q, D)
+    turn_value = gather(flat(value), turn_layout.key_index)
     turns = F.scaled_dot_product_attention(turn_query, turn_key, turn_value, attn_mask=turn_layout.key_mask,
                                            dropout_p=dropout, scale=scaling)  # (T, H, Q, D)
     turns = turns.transpose(1, 2).reshape(-1, heads, dim)
-    output = torch.cat([main, turns])[turn_layout.output_index]  # (N * L, H, D)
+    output = torch.cat([main, turns]).index_select(0, turn_layout.output_index)  # (N * L, H, D)
     return output.view(n, length, heads, dim), None
 
 
