@@ -41,3 +41,21 @@ def test_phrase_pointers_point_the_answer_at_its_questions_label_words():
     only_existence = phrase_pointers(torch.tensor([ids]), torch.tensor([ans]), tasks, words, DIGITS,
                                      tasks=["existence"])
     assert [p.query for p in only_existence] == [12]
+
+
+def test_phrase_pointers_with_target_words_point_only_at_those_and_skip_questions_without_them():
+    # rec "20 10 ?" -> Region [2]; rec "10 ?" -> Region [1]; yes/no "20 10 ?" -> Yes
+    ids = [1, 2, 20, 10, 3, 40, 41, 31, 42, 9, 4, 10, 3, 40, 41, 30, 42, 9, 5, 20, 10, 3, 50, 9]
+    ans = [-1, -1, -1, -1, -1, 0, 0, 0, 0, 0, -1, -1, -1, 1, 1, 1, 1, 1, -1, -1, -1, -1, 2, 2]
+    tasks = ["rec", "rec", "existence"]
+    words = label_word_sequences([[10]], {"colour": [[20]]})
+    pointers = phrase_pointers(torch.tensor([ids]), torch.tensor([ans]), tasks, words, DIGITS, tasks=("rec",),
+                               target_words={(20,)})
+    assert len(pointers) == 1  # the second REC phrase names no colour; yes/no is not asked for
+    (rec,) = pointers
+    assert (rec.query, rec.token, rec.targets) == (6, 31, (2,))
+    assert 3 in rec.others  # the category word competes with the colour word
+    # the split into names still follows every label word: a target word inside a longer name is not one
+    longer = label_word_sequences([[20, 10]], {"colour": [[20]]})
+    assert phrase_pointers(torch.tensor([ids]), torch.tensor([ans]), tasks, longer, DIGITS, tasks=("rec",),
+                           target_words={(20,)}) == []

@@ -203,6 +203,39 @@ def test_region_pretraining_with_a_loader_worker_trains_on_the_same_batches(worl
                 "train.trainable=[feature_refiner,connector,language_model,vision_tower]").train()
 
 
+def test_region_pretraining_cache_gives_the_same_batches_and_keeps_to_its_budget(world, tmp_path):
+    from regiongpt.training.region_pretrain import PretrainBatches, PreparedImages, pretrain_region_path
+
+    recipe = make_recipe(world, tmp_path / "cache", "train.max_steps=1", "data.val=[]",
+                         "train.trainable=[feature_refiner,connector,language_model,vision_tower]")
+    samples = [s for s in recipe.train_samples if s.regions]
+    batches = [samples[:3], samples[1:4], samples[:3]]  # samples seen again, in other batches
+    plain, cached = PretrainBatches(recipe.processor, batches), PretrainBatches(recipe.processor, batches, 2**30)
+    for step in (0, 1, 2, 0):  # first preparation, then from the cache
+        fresh, kept = plain[step], cached[step]
+        assert set(fresh) == set(kept)
+        for key in fresh:  # value for value, dtype too
+            assert fresh[key].dtype == kept[key].dtype and torch.equal(fresh[key], kept[key]), key
+    assert len(cached.cache.entries) == 4 and cached.cache.used_bytes > 0
+    one = PreparedImages(recipe.processor, cached.cache.used_bytes // 4)  # room for about one sample, not four
+    for step in (0, 1):
+        one.prepare(batches[step])
+    assert len(one.entries) <= 1 and one.used_bytes <= cached.cache.used_bytes // 4
+    # pretraining with the cache trains on the same batches
+    results = []
+    for budget in (0, 2**30):
+        recipe = make_recipe(world, tmp_path / f"c{budget}", "train.max_steps=1", "data.val=[]",
+                             "train.trainable=[feature_refiner,connector,language_model,vision_tower]")
+        results.append(pretrain_region_path(recipe.model, recipe.processor, recipe.train_samples, 3, 1e-3, 2, 5,
+                                            recipe.device, attributes=["colour"], cache_bytes=budget))
+    assert results[0] == pytest.approx(results[1], rel=1e-6)
+    make_recipe(world, tmp_path / "recipe", "train.max_steps=1", "data.val=[]", "train.region_pretrain_steps=2",
+                "train.region_pretrain_cache_gb=0.5",
+                "train.trainable=[feature_refiner,connector,language_model,vision_tower]").train()
+    with pytest.raises(InvalidInputError, match=r"'train.region_pretrain_cache_gb' must be >= 0"):
+        make_recipe(world, tmp_path / "bad", "train.max_steps=1", "train.region_pretrain_cache_gb=-1")
+
+
 def test_region_pretraining_attribute_and_image_heads(world, tmp_path):
     from regiongpt.training.region_pretrain import PretrainLabels, pretrain_region_path
 
@@ -590,6 +623,43 @@ def test_phrase_pointer_supervision_trains_through_the_recipe(world, tmp_path):
         make_recipe(world, tmp_path / "bad", "train.max_steps=1", "train.phrase_pointer_weight=1.0")
     with pytest.raises(InvalidInputError, match=r"'train.phrase_pointer_weight' must be >= 0"):
         make_recipe(world, tmp_path / "bad2", "train.max_steps=1", "train.phrase_pointer_weight=-1")
+
+
+def test_phrase_attribute_pointer_points_rec_answers_at_their_attribute_words(world, tmp_path):
+    from regiongpt.data.synth.world import CATEGORIES, COLOUR_NAMES, SIZES
+
+    labels = (f"model.region_labels={{category: [{','.join(CATEGORIES)}], colour: [{','.join(COLOUR_NAMES)}], "
+              f"size: [{','.join(SIZES)}]}}")
+    common = ["train.max_steps=2", "data.val=[]", "train.region_pretrain_steps=1", labels,
+              "data.independent_tasks=[rec, existence]", "train.phrase_pointer_weight=1.0"]
+    recipe = make_recipe(world, tmp_path / "attr", *common, "train.phrase_attribute_pointer_weight=1.0",
+                         "train.phrase_attribute_fields=[colour, size]")
+    assert recipe.pointers["phrase_attribute"].head == 1
+    loader = build_train_loader(recipe.train_dataset, recipe.processor, recipe.config, 0, 1)
+    rows, asked = [], 0
+    for batch, _ in zip(loader, range(4)):
+        rows += [(batch, r) for r in phrase_pointers(
+            batch.inputs["input_ids"], batch.answer_index, batch.answer_tasks, recipe.label_words, recipe.rec_digits,
+            tasks=("rec",), target_words=recipe.attribute_words)]
+        asked += sum(task == "rec" for task in batch.answer_tasks)
+    assert 0 < len(rows) <= asked
+    tokenizer = recipe.processor.tokenizer
+    for batch, row in rows:  # only colour and size names, never the category
+        words = tokenizer.decode(batch.inputs["input_ids"][row.row, list(row.targets)]).split()
+        assert words and set(words) <= set(COLOUR_NAMES) | set(SIZES), words
+    metrics = recipe.train()
+    assert metrics["phrase_attribute_pointer_attention_loss"] > 0
+    assert metrics["phrase_attribute_pointer_readout_loss"] == 0
+    with pytest.raises(InvalidInputError, match=r"list the fields"):
+        make_recipe(world, tmp_path / "bad", *common, "train.phrase_attribute_pointer_weight=1.0")
+    with pytest.raises(InvalidInputError, match=r"names \['texture'\], which 'model.region_labels' does not have"):
+        make_recipe(world, tmp_path / "bad2", *common, "train.phrase_attribute_pointer_weight=1.0",
+                    "train.phrase_attribute_fields=[texture]")
+    with pytest.raises(InvalidInputError, match=r"is the phrase pointer's head of the same layer"):
+        make_recipe(world, tmp_path / "bad3", *common, "train.phrase_attribute_pointer_weight=1.0",
+                    "train.phrase_attribute_fields=[colour]", "train.phrase_attribute_pointer_head=0")
+    with pytest.raises(InvalidInputError, match=r"'train.phrase_attribute_pointer_weight' must be >= 0"):
+        make_recipe(world, tmp_path / "bad4", *common, "train.phrase_attribute_pointer_weight=-1")
 
 
 @pytest.mark.parametrize("override, message", [

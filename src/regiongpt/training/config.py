@@ -278,6 +278,11 @@ class TrainConfig:
     region_pretrain_batch_size: int = _doc(
         "Images a step of the region-path pretraining (0 = `data.batch_size`). Its steps are cheap (no language "
         "model): a larger batch buys the per-cell category head many more images for little time.", default=0)
+    region_pretrain_cache_gb: float = _doc(
+        "Keep up to this many GiB of prepared images and region masks during the region-path pretraining, so its "
+        "later passes over the data skip decoding, resizing and rasterising them (a third of a pretraining step "
+        "on the 2-core CPU; the batches are the same). The built-in model's 8,000 images take ~4 GiB. 0 = off.",
+        default=0.0)
     region_pretrain_workers: int = _doc(
         "Loader processes that prepare the region-path pretraining's next batches while it trains on one (0 = in "
         "the training process; the batches and results are the same). On the 2-core CPU a worker made it slower "
@@ -397,6 +402,22 @@ class TrainConfig:
         "the category word alone satisfies: the built-in model's head put all of it on the category and none on "
         "the colour, size or texture, and REC phrases that tell a region from another of its category by its "
         "colour were answered 0.30-0.40 of the time (bench/demo_model.md).", default=False)
+    phrase_attribute_pointer_weight: float = _doc(
+        "Weight of a second first-hop loss, on REC answers whose phrase names an attribute: at the position that "
+        "writes the REC digit, one head (`train.phrase_attribute_pointer_layer`, "
+        "`train.phrase_attribute_pointer_head`) is asked to attend to the phrase's names of "
+        "`train.phrase_attribute_fields` only (e.g. 'red' and 'small' in 'the small red star'), evenly with "
+        "`train.phrase_pointer_spread`. The phrase pointer's head gathers every label word, most of its attention "
+        "on the category, so the REC attribute head's query read colours faintly (bench/demo_model.md, nineteenth "
+        "round). Training only; the model is unchanged. 0 = off.", default=0.0)
+    phrase_attribute_pointer_layer: int = _doc(
+        "The language-model layer whose head `train.phrase_attribute_pointer_weight` supervises (negative: from "
+        "the last).", default=-2)
+    phrase_attribute_pointer_head: int = _doc(
+        "The attention head `train.phrase_attribute_pointer_weight` supervises.", default=1)
+    phrase_attribute_fields: list[str] = _doc(
+        "The `model.region_labels` fields whose value names `train.phrase_attribute_pointer_weight` points at, "
+        "e.g. [colour, texture, size].", default_factory=list)
     log_every: int = _doc("Write training metrics every N steps.", default=1)
     progress: bool = _doc("Show a tqdm progress bar.", default=True)
 
@@ -761,6 +782,9 @@ def validate_config(config: TrainingConfig) -> None:
     if t.region_pretrain_batch_size < 0:
         raise InvalidInputError(f"'train.region_pretrain_batch_size' must be >= 0 (0 = data.batch_size), got "
                                 f"{t.region_pretrain_batch_size}")
+    if t.region_pretrain_cache_gb < 0:
+        raise InvalidInputError(f"'train.region_pretrain_cache_gb' must be >= 0 (0 = off), got "
+                                f"{t.region_pretrain_cache_gb}")
     if t.region_pretrain_workers < 0:
         raise InvalidInputError(f"'train.region_pretrain_workers' must be >= 0 (0 = in the training process), got "
                                 f"{t.region_pretrain_workers}")
@@ -797,11 +821,27 @@ def validate_config(config: TrainingConfig) -> None:
             raise InvalidInputError("'model.region_labels' adds a region label head that its label loss trains: set "
                                     "'train.region_pretrain_steps' or 'train.region_label_weight', or drop "
                                     "'model.region_labels'")
-    for name in ("rec_pointer", "existence_pointer", "describe_pointer", "phrase_pointer"):
+    for name in ("rec_pointer", "existence_pointer", "describe_pointer", "phrase_pointer", "phrase_attribute_pointer"):
         if getattr(t, f"{name}_weight") < 0:
             raise InvalidInputError(f"'train.{name}_weight' must be >= 0 (0 = off), got {getattr(t, f'{name}_weight')}")
         if getattr(t, f"{name}_head") < 0:
             raise InvalidInputError(f"'train.{name}_head' must be >= 0, got {getattr(t, f'{name}_head')}")
+    if t.phrase_attribute_pointer_weight:
+        fields = t.phrase_attribute_fields
+        if not fields or not all(isinstance(f, str) for f in fields):
+            raise InvalidInputError("'train.phrase_attribute_pointer_weight' points at the names of "
+                                    "'train.phrase_attribute_fields': list the fields, e.g. "
+                                    "'train.phrase_attribute_fields=[colour, texture, size]'")
+        known = sorted(config.model.region_labels or {})
+        unknown = [f for f in fields if f not in known]
+        if unknown:
+            raise InvalidInputError(f"'train.phrase_attribute_fields' names {unknown}, which 'model.region_labels' "
+                                    f"does not have (its fields: {known or 'none'})")
+        if (t.phrase_attribute_pointer_layer, t.phrase_attribute_pointer_head) == (t.phrase_pointer_layer,
+                                                                                   t.phrase_pointer_head) \
+                and t.phrase_pointer_weight:
+            raise InvalidInputError("'train.phrase_attribute_pointer_head' is the phrase pointer's head of the same "
+                                    "layer: choose another head ('train.phrase_attribute_pointer_head')")
     if t.rec_pointer_attribute_weight <= 0:
         raise InvalidInputError("'train.rec_pointer_attribute_weight' must be > 0 (to turn the attribute head off, set "
                                 f"'train.rec_pointer_attribute_head=null'), got {t.rec_pointer_attribute_weight}")

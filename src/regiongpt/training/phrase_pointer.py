@@ -38,41 +38,53 @@ def label_word_sequences(image_label_token_ids: Sequence[Sequence[int]] | None,
     return sorted(names, key=lambda ids: (-len(ids), ids))
 
 
-def label_word_positions(ids: Sequence[int], start: int, end: int,
-                         words: Sequence[tuple[int, ...]]) -> list[int]:
-    """Positions in ``ids[start:end]`` covered by an occurrence of one of ``words`` (token id
+def label_word_spans(ids: Sequence[int], start: int, end: int,
+                     words: Sequence[tuple[int, ...]]) -> list[tuple[int, tuple[int, ...]]]:
+    """(position, word) of each occurrence in ``ids[start:end]`` of one of ``words`` (token id
     sequences, longest first, so a longer name wins over a name it contains)."""
-    covered: list[int] = []
+    spans: list[tuple[int, tuple[int, ...]]] = []
     p = start
     while p < end:
         for word in words:
             if tuple(ids[p : p + len(word)]) == word and p + len(word) <= end:
-                covered += range(p, p + len(word))
+                spans.append((p, word))
                 p += len(word)
                 break
         else:
             p += 1
-    return covered
+    return spans
+
+
+def label_word_positions(ids: Sequence[int], start: int, end: int,
+                         words: Sequence[tuple[int, ...]]) -> list[int]:
+    """Positions in ``ids[start:end]`` covered by an occurrence of one of ``words`` (longest first)."""
+    return [p + i for p, word in label_word_spans(ids, start, end, words) for i in range(len(word))]
 
 
 def phrase_pointers(input_ids: torch.Tensor, answer_index: torch.Tensor, answer_tasks: Sequence[str],
                     words: Sequence[tuple[int, ...]], digits: Iterable[int],
-                    tasks: Iterable[str] = PHRASE_TASKS) -> list[TargetPointer]:
+                    tasks: Iterable[str] = PHRASE_TASKS,
+                    target_words: Iterable[tuple[int, ...]] | None = None) -> list[TargetPointer]:
     """The supervised rows of a batch: for each answer of ``tasks`` whose question (the text since the
     previous answer of its row) holds label words, the query that writes the answer's first digit
     (REC: "Region [k]"; answers with no digit, such as "Yes." / "No.", the first token).
 
     ``input_ids`` and ``answer_index`` are (N, L); ``words`` are the label names' token ids
-    (:func:`label_word_sequences`); ``digits`` are the tokenizer's digit token ids.
+    (:func:`label_word_sequences`); ``digits`` are the tokenizer's digit token ids. ``target_words``
+    (a subset of ``words``, e.g. the attribute names): the targets are only those words' positions,
+    and answers whose question has none of them are skipped (``words`` still decides how the
+    question splits into names).
     """
     tasks, digits = frozenset(tasks), frozenset(digits)
+    wanted = None if target_words is None else frozenset(target_words)
     ids = input_ids.tolist()
     pointers = []
     for row, a, question_start, start, end in answer_spans(answer_index):
         if answer_tasks[a] not in tasks:
             continue
         row_ids = ids[row]
-        targets = label_word_positions(row_ids, question_start, start, words)
+        targets = [p + i for p, word in label_word_spans(row_ids, question_start, start, words)
+                   if wanted is None or word in wanted for i in range(len(word))]
         if not targets:
             continue
         written = next((p for p in range(start, end) if row_ids[p] in digits), start)
@@ -83,4 +95,4 @@ def phrase_pointers(input_ids: torch.Tensor, answer_index: torch.Tensor, answer_
     return pointers
 
 
-__all__ = ["PHRASE_TASKS", "label_word_positions", "label_word_sequences", "phrase_pointers"]
+__all__ = ["PHRASE_TASKS", "label_word_positions", "label_word_spans", "label_word_sequences", "phrase_pointers"]

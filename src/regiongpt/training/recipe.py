@@ -63,8 +63,8 @@ from .turn_attention import use_turn_attention
 
 STATE_VERSION = 1
 # train.<name>_pointer_weight: attention supervision of REC, existence, or one-region description answers,
-# and of the phrase REC and existence answers look up
-POINTER_TASKS = ("rec", "existence", "describe", "phrase")
+# of the phrase REC and existence answers look up, and of a REC phrase's attribute words
+POINTER_TASKS = ("rec", "existence", "describe", "phrase", "phrase_attribute")
 
 
 @dataclass(frozen=True)
@@ -216,7 +216,7 @@ class TrainingRecipe:
         (``rec_pointer.py``, ``existence_pointer.py``, ``describe_pointer.py``, ``phrase_pointer.py``); the
         losses are added in ``train_step``."""
         t = self.config.train
-        self.pointers: dict[str, SupervisedHead] = {}  # "rec" / "existence" / "describe" / "phrase" -> its head
+        self.pointers: dict[str, SupervisedHead] = {}  # a name of POINTER_TASKS -> its head
         wanted = [name for name in POINTER_TASKS if getattr(t, f"{name}_pointer_weight")]
         if not wanted:
             return
@@ -262,15 +262,22 @@ class TrainingRecipe:
             if t.rec_pointer_second_head is not None:
                 raise InvalidInputError("train.rec_pointer_attribute_head and train.rec_pointer_second_head both add "
                                         "a head to the REC lookup: set one of them to null")
-        if "rec" in self.pointers or "phrase" in self.pointers:
+        if {"rec", "phrase", "phrase_attribute"} & set(self.pointers):
             self.rec_digits = digit_tokens(self.processor.tokenizer.get_vocab())
-        if "phrase" in self.pointers:
+        if {"phrase", "phrase_attribute"} & set(self.pointers):
             config = self.model.config
             self.label_words = label_word_sequences(config.image_label_token_ids, config.region_label_token_ids)
             if not self.label_words:
                 raise InvalidInputError("train.phrase_pointer_weight points at the question's label words, the names "
                                         "of model.image_labels and model.region_labels; this model has neither: "
                                         "set one of them or train.phrase_pointer_weight=0")
+        if "phrase_attribute" in self.pointers:
+            region_ids = self.model.config.region_label_token_ids or {}
+            missing = [f for f in t.phrase_attribute_fields if f not in region_ids]
+            if missing:
+                raise InvalidInputError(f"train.phrase_attribute_fields names {missing}, which the model's region "
+                                        f"labels do not have (its fields: {sorted(region_ids) or 'none'})")
+            self.attribute_words = set(label_word_sequences(None, {f: region_ids[f] for f in t.phrase_attribute_fields}))
         if "existence" in self.pointers:
             config = self.model.config
             if config.image_seq_length != config.image_grid_size ** 2:
@@ -280,7 +287,7 @@ class TrainingRecipe:
                     "grid; it needs image_seq_length == image_grid_size ** 2")
 
     def _pointer_loss(self, name: str, b: Batch) -> tuple[PointerLoss | None, int]:
-        """The batch's attention supervision for ``name`` ("rec", "existence", "describe" or "phrase") and its
+        """The batch's attention supervision for ``name`` (one of POINTER_TASKS) and its
         number of supervised rows."""
         if name == "rec":
             rows = rec_pointers(b.inputs["input_ids"], b.answer_index, b.answer_tasks,
@@ -291,6 +298,9 @@ class TrainingRecipe:
         elif name == "phrase":
             rows = phrase_pointers(b.inputs["input_ids"], b.answer_index, b.answer_tasks, self.label_words,
                                    self.rec_digits)
+        elif name == "phrase_attribute":
+            rows = phrase_pointers(b.inputs["input_ids"], b.answer_index, b.answer_tasks, self.label_words,
+                                   self.rec_digits, tasks=("rec",), target_words=self.attribute_words)
         else:
             rows = existence_pointers(b.inputs["input_ids"], b.answer_index, b.answer_tasks, b.answer_evidence,
                                       self.processor.image_token_id, b.inputs.get("region_masks"),
@@ -308,9 +318,10 @@ class TrainingRecipe:
                                           b.inputs.get("attention_mask"),
                                           lambda x: self.model.lm_head(lm.norm(x)),
                                           self.config.train.rec_pointer_attribute_weight), len(rows)
+        first_hop = name in ("phrase", "phrase_attribute")  # feeds the next layer: no readout
         losses = pointer_loss(supervised.capture, rows, supervised.head, b.inputs.get("attention_mask"),
-                              readout=None if name == "phrase" else lambda x: self.model.lm_head(lm.norm(x)),
-                              spread=name == "phrase" and self.config.train.phrase_pointer_spread)
+                              readout=None if first_hop else lambda x: self.model.lm_head(lm.norm(x)),
+                              spread=first_hop and self.config.train.phrase_pointer_spread)
         return losses, len(rows)
 
     def _checkpoint_to_resume(self) -> Path | None:
@@ -415,7 +426,8 @@ class TrainingRecipe:
                                       segmentation_weight=cfg.train.pretrain_segmentation_weight(),
                                       segmentation_presence_weight=cfg.train.segmentation_presence_weight,
                                       num_workers=cfg.train.region_pretrain_workers,
-                                      segmentation_peak_targets=cfg.train.segmentation_peak_targets)
+                                      segmentation_peak_targets=cfg.train.segmentation_peak_targets,
+                                      cache_bytes=int(cfg.train.region_pretrain_cache_gb * 2**30))
         self.metrics.write(0, "region_pretrain", {"loss_first": losses[0], "loss_last": losses[-1],
                                                   "steps": len(losses)})
 
