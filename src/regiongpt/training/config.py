@@ -280,8 +280,9 @@ class TrainConfig:
         "model): a larger batch buys the per-cell category head many more images for little time.", default=0)
     region_pretrain_cache_gb: float = _doc(
         "Keep up to this many GiB of prepared images and region masks during the region-path pretraining, so its "
-        "later passes over the data skip decoding, resizing and rasterising them (a third of a pretraining step "
-        "on the 2-core CPU; the batches are the same). The built-in model's 8,000 images take ~4 GiB. 0 = off.",
+        "later passes over the data skip decoding, resizing and rasterising them (the batches are the same, value "
+        "for value). The built-in model's 8,000 images take ~4 GiB; what it saves in a whole build was not measured "
+        "apart from the machine's speed (bench/demo_model.md, nineteenth round). 0 = off.",
         default=0.0)
     region_pretrain_workers: int = _doc(
         "Loader processes that prepare the region-path pretraining's next batches while it trains on one (0 = in "

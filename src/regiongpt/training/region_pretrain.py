@@ -137,6 +137,11 @@ class PreparedImages:
         self.used_bytes = 0
         self.entries: dict[int, tuple[torch.Tensor, list[tuple[int, int, torch.Tensor]], torch.Tensor]] = {}
 
+    def clear(self) -> None:
+        """Drop every kept sample."""
+        self.entries.clear()
+        self.used_bytes = 0
+
     def prepare(self, batch: Sequence[NativeSample]) -> dict[str, torch.Tensor]:
         """``processor.prepare_images`` of the batch's images and their regions."""
         pixels, masks, boxes, index = [], [], [], []
@@ -254,8 +259,8 @@ def pretrain_region_path(model: nn.Module, processor, samples: Sequence[NativeSa
     optimizer = torch.optim.AdamW(trained, lr=lr, foreach=True)
     rng = random.Random(seed)
     batches = [rng.sample(labelled, min(batch_size, len(labelled))) for _ in range(steps)]
-    loader = torch.utils.data.DataLoader(PretrainBatches(processor, batches, cache_bytes), batch_size=None, shuffle=False,
-                                         num_workers=num_workers)
+    prepared = PretrainBatches(processor, batches, cache_bytes)
+    loader = torch.utils.data.DataLoader(prepared, batch_size=None, shuffle=False, num_workers=num_workers)
     grid = model.config.image_grid_size
     losses = []
     # the model's own region label head (model.region_labels) learns from the first step on
@@ -295,6 +300,8 @@ def pretrain_region_path(model: nn.Module, processor, samples: Sequence[NativeSa
     finally:
         if label_loss is not None:
             label_loss.close()
+        if prepared.cache is not None:  # gigabytes the language-model phase (and its loader processes) need not hold
+            prepared.cache.clear()
     for param in trained:
         param.grad = None
     return losses

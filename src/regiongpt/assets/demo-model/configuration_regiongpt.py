@@ -45,6 +45,15 @@ def default_vision_grid_size(vision_config: PreTrainedConfig, feature_layer: int
     return int(image_size) // int(patch_size)
 
 
+def _hidden_state_count(vision_config: PreTrainedConfig) -> int | None:
+    """How many hidden states the tower returns (embeddings + one per stage or layer), when known."""
+    hidden_sizes = getattr(vision_config, "hidden_sizes", None)
+    if hidden_sizes:
+        return len(hidden_sizes) + 1
+    layers = getattr(vision_config, "num_hidden_layers", None)
+    return int(layers) + 1 if layers else None
+
+
 class RegionGPTConfig(PreTrainedConfig):
     r"""
     Args:
@@ -59,6 +68,10 @@ class RegionGPTConfig(PreTrainedConfig):
         vision_grid_size: side of the vision feature grid (derived for ViTs when None).
         image_size: side of the square image the model takes (derived from the vision config when None).
         refine_factor: upsampling of the feature refinement module (power of 2; 1 = off).
+        refine_skip_layer: a finer hidden state of the vision tower (e.g. -2 for a ResNet's
+            stride-8 stage when ``vision_feature_layer`` is -1) added to the refined map through a
+            zero-initialised 1x1 convolution: a feature pyramid's lateral connection, so small
+            objects keep their shape (refinement.py). None = off.
         refine_residual: True for our residual form (exact LLaVA behaviour at step 0),
             False for the paper's reference form.
         image_grid_size: side of the image-token grid after patch merge (None = vision grid).
@@ -131,6 +144,7 @@ class RegionGPTConfig(PreTrainedConfig):
     image_size: int | None = None
     refine_factor: int = 4
     refine_residual: bool = True
+    refine_skip_layer: int | None = None
     image_grid_size: int | None = None
     region_pooling: Literal["mask", "roi_box"] = "mask"
     roi_output_size: int = 7
@@ -172,6 +186,17 @@ class RegionGPTConfig(PreTrainedConfig):
         factor = int(self.refine_factor)
         if factor < 1 or 2 ** round(math.log2(factor)) != factor:
             raise ValueError(f"refine_factor must be 1 (off) or a power of 2, got {self.refine_factor}")
+        skip = self.refine_skip_layer
+        if skip is not None:
+            if isinstance(skip, bool) or not isinstance(skip, int):
+                raise ValueError(f"refine_skip_layer must be a hidden-state index (an int, e.g. -2) or None, got {skip!r}")
+            n_states = _hidden_state_count(self.vision_config)
+            if n_states is not None and not -n_states <= skip < n_states:
+                raise ValueError(f"refine_skip_layer {skip} is out of range: the vision tower has {n_states} hidden "
+                                 f"states (indices {-n_states}..{n_states - 1})")
+            if n_states is not None and skip % n_states == self.vision_feature_layer % n_states:
+                raise ValueError(f"refine_skip_layer ({skip}) is vision_feature_layer ({self.vision_feature_layer}) "
+                                 "itself; name a finer stage, e.g. the one before it")
         if self.region_pooling not in ("mask", "roi_box"):
             raise ValueError(f"region_pooling must be 'mask' or 'roi_box', got {self.region_pooling!r}")
         if self.vision_feature_select_strategy not in ("default", "full"):

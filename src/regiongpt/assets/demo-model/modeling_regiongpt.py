@@ -25,7 +25,7 @@ from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import ModelOutput
 
-from .configuration_regiongpt import RegionGPTConfig
+from .configuration_regiongpt import RegionGPTConfig, default_vision_feature_dim
 from .connector import Connector
 from .image_labels import ImageLabelHead
 from .pooling import mask_pool, roi_box_pool
@@ -34,7 +34,7 @@ from .region_labels import RegionLabelHead
 from .region_shape import RegionShapeEncoder
 from .region_number import RegionNumberEmbedding, number_token_marks
 from .region_number import region_numbers as region_numbers_in_image
-from .vision import select_feature_grid
+from .vision import select_feature_maps
 
 # Inputs that only the prefill step consumes; later decode steps must not recompute them.
 REGION_INPUTS = ("region_masks", "region_boxes", "region_image_index", "region_token_index")
@@ -93,7 +93,10 @@ class RegionGPTModel(RegionGPTPreTrainedModel):
         super().__init__(config)
         text_dim = config.text_config.hidden_size
         self.vision_tower = AutoModel.from_config(config.vision_config)
-        self.feature_refiner = FeatureRefiner(config.vision_feature_dim, config.refine_factor, config.refine_residual)
+        lateral = (default_vision_feature_dim(config.vision_config, config.refine_skip_layer)
+                   if config.refine_skip_layer is not None else None)
+        self.feature_refiner = FeatureRefiner(config.vision_feature_dim, config.refine_factor, config.refine_residual,
+                                              lateral_channels=lateral)
         self.connector = Connector(
             config.vision_feature_dim, text_dim, config.projector_hidden_act, config.multimodal_projector_bias
         )
@@ -140,18 +143,22 @@ class RegionGPTModel(RegionGPTPreTrainedModel):
         """Encode (B, 3, S, S) images once: image tokens and the maps regions are pooled from."""
         config = self.config
         dtype = next(self.vision_tower.parameters()).dtype
-        coarse = select_feature_grid(
+        skip = config.refine_skip_layer
+        layers = [config.vision_feature_layer] + ([skip] if skip is not None else [])
+        maps = select_feature_maps(
             self.vision_tower,
             pixel_values.to(dtype),
-            config.vision_feature_layer,
+            layers,
             config.vision_feature_select_strategy,
             config.vision_grid_size,
-        )  # (B, C, g, g)
+        )
+        coarse = maps[0]  # (B, C, g, g)
         connector_dtype = self.connector.linear_1.weight.dtype
         coarse = coarse.to(connector_dtype)
         if self.position_embedding is not None:
             coarse = coarse + self.position_embedding.to(connector_dtype)
-        refined, branch = self.feature_refiner.refine(coarse)  # (B, C, g*f, g*f)
+        lateral = maps[1] if skip is not None else None  # (B, C', h', w'): a finer stage
+        refined, branch = self.feature_refiner.refine(coarse, lateral)  # (B, C, g*f, g*f)
         image_map = self.feature_refiner.image_map(coarse, branch, config.image_grid_size)  # (B, C, m, m)
         image_tokens = image_map.flatten(2).transpose(1, 2)  # (B, m*m, C)
         image_embeds = self.connector(image_tokens)  # (B, m*m, D)

@@ -272,11 +272,12 @@ class RegionGPTProcessor(ProcessorMixin):
         if spans is not None:
             labels = []
             for row_ids, offsets, row_spans in zip(ids, encoded["offset_mapping"], spans):
-                row = [IGNORE_INDEX] * len(row_ids)
-                for t, (a, b) in enumerate(offsets):
-                    if b > a and any(b > s and a < e for s, e in row_spans):
-                        row[t] = row_ids[t]
-                labels.append(row)
+                # a token is learned when it has characters and overlaps an answer span
+                chars = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)  # (T, 2) start, end
+                answer = np.asarray(row_spans, dtype=np.int64).reshape(-1, 2)  # (S, 2)
+                a, b = chars[:, :1], chars[:, 1:]
+                learned = (b[:, 0] > a[:, 0]) & ((b > answer[None, :, 0]) & (a < answer[None, :, 1])).any(1)
+                labels.append(np.where(learned, np.asarray(row_ids, dtype=np.int64), IGNORE_INDEX).tolist())
         length = max(len(r) for r in ids)
         side = padding_side or tokenizer.padding_side
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

@@ -18,8 +18,23 @@ def select_feature_grid(
     grid_size: int,
 ) -> torch.Tensor:
     """The chosen hidden state of ``vision_tower`` as a (B, C, grid, grid) map."""
+    return select_feature_maps(vision_tower, pixel_values, [feature_layer], select_strategy, grid_size)[0]
+
+
+def select_feature_maps(
+    vision_tower: nn.Module,
+    pixel_values: torch.Tensor,  # (B, 3, H, W)
+    feature_layers: list[int],
+    select_strategy: str,
+    grid_size: int,
+) -> list[torch.Tensor]:
+    """Several hidden states of one forward pass of ``vision_tower``, each as a (B, C, h, w) map
+    (a CNN stage keeps its own resolution; a ViT layer is the ``grid_size`` patch grid)."""
     outputs = vision_tower(pixel_values, output_hidden_states=True, return_dict=True)
-    hidden = outputs.hidden_states[feature_layer]
+    return [_as_map(outputs.hidden_states[layer], select_strategy, grid_size) for layer in feature_layers]
+
+
+def _as_map(hidden: torch.Tensor, select_strategy: str, grid_size: int) -> torch.Tensor:
     if hidden.ndim == 4:  # CNN stage output, already (B, C, h, w)
         return hidden
     if select_strategy == "default":
