@@ -34,6 +34,7 @@ from torch.nn import functional as F
 
 from regiongpt.data.native import NativeRegion, NativeSample
 from regiongpt.errors import InvalidInputError
+from regiongpt.processing.geometry import _nonzero_bounds as nonzero_bounds
 
 from .region_labels import RegionLabelLoss
 from .segmentation import SegmentationHead
@@ -168,12 +169,9 @@ class PreparedImages:
         visual = self.processor.prepare_images([str(sample.image_path())], [region_specs(sample)])
         crops = []
         for mask in visual["region_masks"]:
-            rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
-            if rows.numel() == 0:
-                crops.append((0, 0, mask[:0, :0].clone()))
-                continue
-            top, left = int(rows[0]), int(cols[0])
-            crops.append((top, left, mask[top : int(rows[-1]) + 1, left : int(cols[-1]) + 1].clone()))
+            bounds = nonzero_bounds(mask.numpy())
+            (top, bottom), (left, right) = bounds if bounds is not None else ((0, 0), (0, 0))
+            crops.append((top, left, mask[top:bottom, left:right].clone()))
         entry = (visual["pixel_values"][0], crops, visual["region_boxes"])
         size = entry[0].nbytes + entry[2].nbytes + sum(crop.nbytes for _, _, crop in crops)
         if self.used_bytes + size <= self.budget_bytes:
