@@ -28,6 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synth_report import bucket_table, headline  # noqa: E402
 
+from regiongpt.data.synth.conversation import REC_PHRASE_STYLES  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"classification": 0.95, "brief": 0.80, "rec": 0.90, "existence": 0.90}  # issue: the built-in model
 ASSET = ROOT / "src" / "regiongpt" / "assets" / "demo-model"
@@ -68,7 +70,7 @@ def main() -> int:
                         help="how the world's conversations answer REC questions (`regiongpt synth --rec-answers`)")
     parser.add_argument("--rec-per-image", type=lambda v: v if v == "all" else int(v), default=REC_PER_IMAGE,
                         help="REC questions per training conversation (`regiongpt synth --rec-per-image`)")
-    parser.add_argument("--rec-phrases", choices=("first", "referring"), default=REC_PHRASES,
+    parser.add_argument("--rec-phrases", choices=REC_PHRASE_STYLES, default=REC_PHRASES,
                         help="how the world's REC questions pick their phrases (`regiongpt synth --rec-phrases`)")
     parser.add_argument("--existence-per-image", type=int, default=EXISTENCE_PER_IMAGE,
                         help="present (and as many absent) things a training conversation asks about "

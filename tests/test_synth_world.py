@@ -377,15 +377,16 @@ def test_training_existence_questions_cannot_be_answered_from_their_text(draw):
 def test_referring_rec_phrases_ask_both_expressions_and_favour_shared_categories(draw):
     """``rec_phrases="referring"``: each phrase is one of its object's referring expressions, as
     many questions as the "first" style, more of them second expressions and about objects that
-    share their category."""
+    share their category. "either": the objects "first" asks, those that share their category by
+    either expression, the others by their first."""
     import random
 
     from regiongpt.data.synth.conversation import build_conversation
 
-    counts, shared_share, second_share = {}, {}, {}
-    for style in ("first", "referring"):
+    counts, shared_share, second_share, second_lone = {}, {}, {}, {}
+    for style in ("first", "referring", "either"):
         rng = random.Random(0)
-        asked = shared = second = 0
+        asked = shared = second = lone_second = 0
         for scene in draw[:200]:
             conversation = build_conversation(scene, rng, rec_per_image=4, rec_phrases=style)
             for human, answer in zip(conversation[0::2], conversation[1::2]):
@@ -396,11 +397,17 @@ def test_referring_rec_phrases_ask_both_expressions_and_favour_shared_categories
                 asked += 1
                 second += phrase != scene.objects[k].referring[0]
                 category = scene.objects[k].category
-                shared += sum(o.category == category for o in scene.objects) > 1
+                is_shared = sum(o.category == category for o in scene.objects) > 1
+                shared += is_shared
+                lone_second += phrase != scene.objects[k].referring[0] and not is_shared
         counts[style], shared_share[style], second_share[style] = asked, shared / asked, second / asked
+        second_lone[style] = lone_second
     assert abs(counts["referring"] - counts["first"]) <= 0.1 * counts["first"]  # the same number of questions
     assert shared_share["referring"] > shared_share["first"] + 0.05
     assert second_share["first"] == 0 and second_share["referring"] > 0.3
+    assert abs(counts["either"] - counts["first"]) <= 0.05 * counts["first"]
+    assert abs(shared_share["either"] - shared_share["first"]) < 0.03  # the same objects asked
+    assert second_share["either"] > 0.1 and second_lone["either"] == 0 and second_lone["referring"] > 0
     with pytest.raises(ValueError, match="rec_phrases"):
         build_conversation(draw[0], random.Random(0), rec_phrases="longest")
 

@@ -39,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "'all': every category, and each present one in its colour and in another")
     parser.add_argument("--rec-phrases", choices=REC_PHRASE_STYLES, default="first",
                         help="how native REC questions pick their phrases: 'first' (each asked object by its first "
-                             "referring expression) or 'referring' (by either of its two referring expressions, "
+                             "referring expression), 'either' (the same objects, those that share their category by "
+                             "either of their two referring expressions) or 'referring' (by either expression, "
                              "objects that share their category asked 3x as often)")
     parser.add_argument("--rec-answers", choices=REC_ANSWER_STYLES, default="direct",
                         help="how native conversations answer REC questions: 'direct' (\"Region [2]\", the paper's "

@@ -32,8 +32,12 @@ RELATIONS_PER_IMAGE = 2
 # by its first (shortest) referring expression; "referring" by either of its two referring
 # expressions (the ones the refer layout holds, i.e. what the REC benchmark asks), choosing objects
 # that share their category with another REC_SHARED_WEIGHT times as often: a lone category is found
-# by its name, and only the others teach matching colour, texture and size (bench/demo_model.md).
-REC_PHRASE_STYLES = ("first", "referring")
+# by its name, and only the others teach matching colour, texture and size (bench/demo_model.md);
+# "either" asks the objects "first" asks, those that share their category by either of their two
+# expressions drawn evenly: lone categories are asked by name as often as in "first", and the
+# texture phrases that tell two objects of one category apart, which a first expression rarely
+# uses, come up several times as often.
+REC_PHRASE_STYLES = ("first", "referring", "either")
 REC_SHARED_WEIGHT = 3.0
 # A no-match REC question keeps its object's category this often (with other attribute values),
 # so that rejecting it takes checking the attributes, not just the category.
@@ -95,13 +99,21 @@ def _named(pairs: Sequence[tuple[str, str]], category: str, colour: str | None =
     return [k for k, (c, cat) in enumerate(pairs) if cat == category and colour in (None, c)]
 
 
+def _shares_category(scene: Scene, index: int) -> bool:
+    """Whether another object of the scene has this object's category."""
+    category = scene.objects[index].category
+    return any(j != index and other.category == category for j, other in enumerate(scene.objects))
+
+
 def rec_questions(scene: Scene, rng: random.Random, count: int, style: str = "first") -> list[tuple[int, RefPhrase]]:
     """(object index, referring phrase) of ``min(count, referable objects)`` REC questions.
 
-    ``style`` "first": distinct objects, each by its first referring expression. "referring":
-    distinct (object, expression) pairs, an object weighing REC_SHARED_WEIGHT when another object
-    has its category, split evenly over its expressions (an object may then be asked twice). Both
-    ask as many questions, so they cost the same to train.
+    ``style`` "first": distinct objects, each by its first referring expression. "either": the
+    same objects, those that share their category with another by one of their referring
+    expressions drawn evenly, the others by their first. "referring": distinct
+    (object, expression) pairs, an object weighing REC_SHARED_WEIGHT when another object has its
+    category, split evenly over its expressions (an object may then be asked twice). All ask as
+    many questions, so they cost the same to train.
     """
     if style not in REC_PHRASE_STYLES:
         raise ValueError(f"rec_phrases must be one of {', '.join(REC_PHRASE_STYLES)}, got {style!r}")
@@ -109,12 +121,15 @@ def rec_questions(scene: Scene, rng: random.Random, count: int, style: str = "fi
     count = min(count, len(referable))
     if style == "first":
         return [(k, scene.objects[k].referring_forms[0]) for k in rng.sample(referable, count)]
+    if style == "either":
+        return [(k, rng.choice(scene.objects[k].referring_forms) if _shares_category(scene, k)
+                 else scene.objects[k].referring_forms[0]) for k in rng.sample(referable, count)]
     pool, weights = [], []
     for k in referable:
         obj = scene.objects[k]
-        shared = any(j != k and other.category == obj.category for j, other in enumerate(scene.objects))
         pool += [(k, form) for form in obj.referring_forms]
-        weights += [(REC_SHARED_WEIGHT if shared else 1.0) / len(obj.referring_forms)] * len(obj.referring_forms)
+        weight = REC_SHARED_WEIGHT if _shares_category(scene, k) else 1.0
+        weights += [weight / len(obj.referring_forms)] * len(obj.referring_forms)
     asked = []
     while pool and len(asked) < count:  # weighted draws without replacement
         pick = rng.choices(range(len(pool)), weights=weights)[0]

@@ -235,7 +235,7 @@ def write_world(
 
     ``rec_per_image`` / ``existence_per_image`` set how many REC and existence questions each
     native conversation asks (None: all of them, see ``build_conversation``), ``rec_phrases``
-    how REC questions pick their phrases ("first" or "referring", ``rec_questions``) and
+    how REC questions pick their phrases ("first", "either" or "referring", ``rec_questions``) and
     ``rec_answers`` how they are answered there ("direct" or "checked"); the other formats
     (the refer layout's expressions included) do not depend on them.
 
