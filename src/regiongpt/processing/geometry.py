@@ -133,7 +133,7 @@ class ImageGeometry:
         """
         mask = _as_float_mask(mask_hw, self.original_size)  # (h, w)
         out_h, out_w = self.output_size
-        bounds = _nonzero_bounds(mask)
+        bounds = nonzero_bounds(mask)
         if bounds is None:
             return np.zeros((out_h, out_w), dtype=np.float32)
         (y0, y1), (x0, x1) = bounds
@@ -272,7 +272,7 @@ def _axis_coverage(values: np.ndarray, edges: np.ndarray, axis: int) -> np.ndarr
     return np.moveaxis(out, 0, axis)
 
 
-def _nonzero_bounds(mask: np.ndarray) -> tuple[tuple[int, int], tuple[int, int]] | None:
+def nonzero_bounds(mask: np.ndarray) -> tuple[tuple[int, int], tuple[int, int]] | None:
     """Half-open ``((y0, y1), (x0, x1))`` rows/columns holding the mask's weight, or None if empty."""
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if rows.size == 0:

@@ -34,7 +34,7 @@ from torch.nn import functional as F
 
 from regiongpt.data.native import NativeRegion, NativeSample
 from regiongpt.errors import InvalidInputError
-from regiongpt.processing.geometry import _nonzero_bounds as nonzero_bounds
+from regiongpt.processing.geometry import nonzero_bounds
 
 from .region_labels import RegionLabelLoss
 from .segmentation import SegmentationHead
