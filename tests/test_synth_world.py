@@ -412,6 +412,39 @@ def test_referring_rec_phrases_ask_both_expressions_and_favour_shared_categories
         build_conversation(draw[0], random.Random(0), rec_phrases="longest")
 
 
+def test_both_rec_phrases_add_the_shared_objects_other_expressions_to_what_first_asks(draw):
+    """``rec_phrases="both"``: as many first expressions as "first" asks, then, up to the count,
+    the other expressions of objects that share their category (never a lone object's), so no kind
+    of phrase is asked less often than with "first"."""
+    import random
+
+    from regiongpt.data.synth.conversation import rec_questions
+
+    kinds = {"first": Counter(), "both": Counter()}
+    extra = 0
+    for scene in draw[:200]:
+        referable = [k for k, obj in enumerate(scene.objects) if obj.referring_forms]
+        shared = {k for k in referable
+                  if sum(o.category == scene.objects[k].category for o in scene.objects) > 1}
+        everything = rec_questions(scene, random.Random(0), 99, "both")
+        assert sorted((k, f.text()) for k, f in everything) == sorted(
+            [(k, scene.objects[k].referring_forms[0].text()) for k in referable]
+            + [(k, f.text()) for k in shared for f in scene.objects[k].referring_forms[1:]])
+        for style in kinds:
+            asked = rec_questions(scene, random.Random(1), 4, style)
+            firsts = [k for k, f in asked if f is scene.objects[k].referring_forms[0]]
+            assert len(firsts) == min(4, len(referable)) and len(set(firsts)) == len(firsts)
+            others = [k for k, f in asked if f is not scene.objects[k].referring_forms[0]]
+            assert set(others) <= shared and len(asked) <= 4
+            extra += len(others) if style == "both" else 0
+            for _, form in asked:
+                kinds[style].update(name for name in ("colour", "texture", "size") if getattr(form, name))
+    assert extra > 0
+    for name in ("colour", "texture", "size"):
+        assert kinds["both"][name] >= kinds["first"][name], (name, kinds)
+    assert kinds["both"]["texture"] > kinds["first"]["texture"]
+
+
 def test_no_match_rec_questions_cannot_be_told_from_their_wording(draw):
     """No-match REC phrases have the form of the positives (the same attributes named), so a colour
     word is no sign of "No corresponding options found."; each matches nothing in its scene."""

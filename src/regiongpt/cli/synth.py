@@ -40,8 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--rec-phrases", choices=REC_PHRASE_STYLES, default="first",
                         help="how native REC questions pick their phrases: 'first' (each asked object by its first "
                              "referring expression), 'either' (the same objects, those that share their category by "
-                             "either of their two referring expressions) or 'referring' (by either expression, "
-                             "objects that share their category asked 3x as often)")
+                             "either of their two referring expressions), 'referring' (by either expression, "
+                             "objects that share their category asked 3x as often) or 'both' (what 'first' asks, "
+                             "then, up to --rec-per-image, the other expressions of objects that share their "
+                             "category)")
     parser.add_argument("--rec-answers", choices=REC_ANSWER_STYLES, default="direct",
                         help="how native conversations answer REC questions: 'direct' (\"Region [2]\", the paper's "
                              "form) or 'checked' (each candidate's brief caption and yes/no before the choice, "

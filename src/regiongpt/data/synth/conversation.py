@@ -36,8 +36,10 @@ RELATIONS_PER_IMAGE = 2
 # "either" asks the objects "first" asks, those that share their category by either of their two
 # expressions drawn evenly: lone categories are asked by name as often as in "first", and the
 # texture phrases that tell two objects of one category apart, which a first expression rarely
-# uses, come up several times as often.
-REC_PHRASE_STYLES = ("first", "referring", "either")
+# uses, come up several times as often, but sizes less often; "both" asks what "first" asks and,
+# where the count allows, the other expressions of objects that share their category, so no kind
+# of phrase is asked less often than in "first" (at the cost of more questions).
+REC_PHRASE_STYLES = ("first", "referring", "either", "both")
 REC_SHARED_WEIGHT = 3.0
 # A no-match REC question keeps its object's category this often (with other attribute values),
 # so that rejecting it takes checking the attributes, not just the category.
@@ -112,15 +114,23 @@ def rec_questions(scene: Scene, rng: random.Random, count: int, style: str = "fi
     same objects, those that share their category with another by one of their referring
     expressions drawn evenly, the others by their first. "referring": distinct
     (object, expression) pairs, an object weighing REC_SHARED_WEIGHT when another object has its
-    category, split evenly over its expressions (an object may then be asked twice). All ask as
-    many questions, so they cost the same to train.
+    category, split evenly over its expressions (an object may then be asked twice). These three
+    ask as many questions, so they cost the same to train. "both": the questions "first" asks,
+    then, while ``count`` allows, the other expressions of objects that share their category
+    (drawn evenly): no phrase "first" asks is taken away, so it asks more questions where
+    ``count`` exceeds the objects.
     """
     if style not in REC_PHRASE_STYLES:
         raise ValueError(f"rec_phrases must be one of {', '.join(REC_PHRASE_STYLES)}, got {style!r}")
     referable = [k for k, obj in enumerate(scene.objects) if obj.referring_forms]
-    count = min(count, len(referable))
+    wanted, count = count, min(count, len(referable))
     if style == "first":
         return [(k, scene.objects[k].referring_forms[0]) for k in rng.sample(referable, count)]
+    if style == "both":
+        firsts = [(k, scene.objects[k].referring_forms[0]) for k in rng.sample(referable, count)]
+        others = [(k, form) for k in referable if _shares_category(scene, k)
+                  for form in scene.objects[k].referring_forms[1:]]
+        return firsts + rng.sample(others, min(len(others), wanted - count))
     if style == "either":
         return [(k, rng.choice(scene.objects[k].referring_forms) if _shares_category(scene, k)
                  else scene.objects[k].referring_forms[0]) for k in rng.sample(referable, count)]
