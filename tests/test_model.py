@@ -285,24 +285,43 @@ def test_region_numbers_count_within_each_image_in_any_order():
     assert embedding(index).abs().sum() == 0  # zero at initialisation
 
 
+def _region_embeds_without_and_with(tokenizer, image, **marked_config):
+    """Three regions' embeddings from a plain tiny model and from the same weights with
+    ``marked_config``, and the marked model's input embedding table."""
+    plain = make_model("tiny-clip-llama", tokenizer)
+    marked = make_model("tiny-clip-llama", tokenizer, **marked_config)
+    marked.load_state_dict(plain.state_dict())
+    inputs = make_processor(plain, tokenizer)(images=image, text="<image>\n<region1> <region2> <region3>",
+                                              regions=BOXES)
+    with torch.no_grad():
+        return plain(**inputs).region_embeds, marked(**inputs).region_embeds, marked.get_input_embeddings().weight
+
+
 def test_region_number_tokens_mark_each_region_with_its_numbers_token(tokenizer, image):
     from regiongpt.model.region_number import number_token_marks
 
-    plain = make_model("tiny-clip-llama", tokenizer)
-    marked = make_model("tiny-clip-llama", tokenizer, region_number_token_ids=[7, 8])
-    processor = make_processor(plain, tokenizer)
-    inputs = processor(images=image, text="<image>\n<region1> <region2> <region3>", regions=BOXES)
-    with torch.no_grad():
-        base = plain(**inputs).region_embeds
-        out = marked(**inputs).region_embeds
-        table = marked.get_input_embeddings().weight
+    base, out, table = _region_embeds_without_and_with(tokenizer, image, region_number_token_ids=[7, 8])
     torch.testing.assert_close(out[0] - base[0], table[7])
     torch.testing.assert_close(out[1] - base[1], table[8])
     torch.testing.assert_close(out[2], base[2])  # past the list: no mark
-    marks = number_token_marks(torch.tensor([1, 0, 5]), [7, 8], marked.get_input_embeddings())
+    marks = number_token_marks(torch.tensor([1, 0, 5]), [7, 8], torch.nn.Embedding.from_pretrained(table))
     assert torch.equal(marks[2], torch.zeros_like(marks[2])) and torch.equal(marks[0], table[8])
     with pytest.raises(ValueError, match="region_number_token_ids must be a list of token ids"):
         make_model("tiny-clip-llama", tokenizer, region_number_token_ids=["1"])
+
+
+def test_region_number_mark_scale_sets_the_marks_length_from_the_region_embedding(tokenizer, image):
+    """``region_number_mark_scale=s``: region k's mark is the number token's direction at s times the
+    length of the region's embedding without it; regions past the list still get none."""
+    base, out, table = _region_embeds_without_and_with(tokenizer, image, region_number_token_ids=[7, 8],
+                                                      region_number_mark_scale=0.5)
+    for k, token in enumerate([7, 8]):
+        mark = out[k] - base[k]
+        torch.testing.assert_close(mark.norm(), 0.5 * base[k].norm(), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(mark / mark.norm(), table[token] / table[token].norm(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out[2], base[2])
+    with pytest.raises(ValueError, match="region_number_mark_scale must be a number >= 0"):
+        make_model("tiny-clip-llama", tokenizer, region_number_token_ids=[7], region_number_mark_scale=-1)
 
 
 def test_image_label_marks_add_the_names_of_what_each_cell_sees(tokenizer, image):

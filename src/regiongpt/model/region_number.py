@@ -59,9 +59,17 @@ class RegionNumberEmbedding(nn.Module):
         return self.proj(code.to(self.proj.weight.dtype))
 
 
-def number_token_marks(numbers: torch.Tensor, token_ids: list[int], embeddings: nn.Embedding) -> torch.Tensor:  # (R, D)
-    """The input embedding of ``token_ids[k]`` for each region number k (0-based); zero past the list."""
+def number_token_marks(numbers: torch.Tensor, token_ids: list[int], embeddings: nn.Embedding,
+                       length: torch.Tensor | None = None) -> torch.Tensor:  # (R, D)
+    """The input embedding of ``token_ids[k]`` for each region number k (0-based); zero past the list.
+
+    ``length`` (R, 1): rescale each mark to that length (its direction stays learned). Unscaled, a
+    mark is ~5% of the built-in model's region embedding, and the REC answer confused the numbers
+    the learned code makes alike ("8" read as "6", bench/demo_model.md, twenty-first round).
+    """
     ids = torch.tensor(token_ids, dtype=torch.long, device=numbers.device)
     known = numbers < len(token_ids)
     marks = embeddings(ids[numbers.clamp(max=len(token_ids) - 1)])
+    if length is not None:
+        marks = marks / marks.norm(dim=-1, keepdim=True).clamp(min=1e-6) * length.to(marks.dtype)
     return marks * known[:, None].to(marks.dtype)

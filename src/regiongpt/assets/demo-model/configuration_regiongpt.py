@@ -99,6 +99,10 @@ class RegionGPTConfig(PreTrainedConfig):
             small model's tokens for "1".."9"), so an answer naming a region ("Region [k]") can
             copy the number from the region token it attends to (region_number.py). Regions past
             the list get no mark. Empty = off.
+        region_number_mark_scale: 0 adds the number token's input embedding as it is; s > 0
+            rescales it to s times the region embedding's length, so that the number stays
+            readable beside pooled features ~20x longer than an input embedding (bench/demo_model.md,
+            twenty-first round: the built-in model confused "8" with "6").
         image_label_names: the category names an image label head knows, in its class order
             (saved so a checkpoint says what its head predicts; see image_labels.py).
         image_label_token_ids: per category name, the token ids of the name as a question writes
@@ -156,6 +160,7 @@ class RegionGPTConfig(PreTrainedConfig):
     region_shape_context: float = 0.0
     region_number_embedding: bool = False
     region_number_token_ids: list[int] | None = None
+    region_number_mark_scale: float = 0.0
     image_label_names: list[str] | None = None
     image_label_token_ids: list[list[int]] | None = None
     image_label_context_layers: int = 0
@@ -220,6 +225,9 @@ class RegionGPTConfig(PreTrainedConfig):
         ids = self.region_number_token_ids or []
         if not isinstance(ids, (list, tuple)) or not all(isinstance(i, int) and i >= 0 for i in ids):
             raise ValueError(f"region_number_token_ids must be a list of token ids (ints >= 0), got {ids!r}")
+        if not isinstance(self.region_number_mark_scale, (int, float)) or self.region_number_mark_scale < 0:
+            raise ValueError("region_number_mark_scale must be a number >= 0 (0 = the token's embedding as it is), "
+                             f"got {self.region_number_mark_scale!r}")
         if not isinstance(self.image_label_context_layers, int) or self.image_label_context_layers < 0:
             raise ValueError("image_label_context_layers must be an int >= 0 (0 = a 1x1 classifier only), got "
                              f"{self.image_label_context_layers!r}")

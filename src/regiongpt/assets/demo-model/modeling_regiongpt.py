@@ -229,8 +229,10 @@ class RegionGPTModel(RegionGPTPreTrainedModel):
             if self.region_number_embedding is not None:
                 embeds = embeds + self.region_number_embedding(index, numbers).to(embeds.dtype)
             if self.config.region_number_token_ids:
-                embeds = embeds + number_token_marks(numbers, self.config.region_number_token_ids,
-                                                     self.get_input_embeddings()).to(embeds.dtype)
+                marks = number_token_marks(numbers, self.config.region_number_token_ids, self.get_input_embeddings(),
+                                           length=self.config.region_number_mark_scale * embeds.detach().norm(
+                                               dim=-1, keepdim=True) if self.config.region_number_mark_scale else None)
+                embeds = embeds + marks.to(embeds.dtype)
         return embeds
 
     # ----- placing features in the sequence --------------------------------------------
