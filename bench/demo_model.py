@@ -34,8 +34,10 @@ ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"classification": 0.95, "brief": 0.80, "rec": 0.90, "existence": 0.90}  # issue: the built-in model
 ASSET = ROOT / "src" / "regiongpt" / "assets" / "demo-model"
 REC_ANSWERS = "direct"  # the world's REC answer style (bench/demo_model.md, "Sixth round")
-REC_PER_IMAGE = 6  # REC questions a training conversation (bench/demo_model.md, "Eleventh round")
-REC_PHRASES = "first"  # how the world's REC questions pick their phrases (`regiongpt synth --rec-phrases`)
+REC_PER_IMAGE = 8  # REC questions a training conversation at most (bench/demo_model.md, "Eleventh round")
+# how the world's REC questions pick their phrases (`regiongpt synth --rec-phrases`): what "first" asks
+# and the other expressions of objects that share their category (bench/demo_model.md, twenty-first round)
+REC_PHRASES = "both"
 EXISTENCE_PER_IMAGE = 2  # yes/no questions a training conversation: this many present, as many absent
 
 
