@@ -229,9 +229,10 @@ class RegionGPTModel(RegionGPTPreTrainedModel):
             if self.region_number_embedding is not None:
                 embeds = embeds + self.region_number_embedding(index, numbers).to(embeds.dtype)
             if self.config.region_number_token_ids:
+                scale = self.config.region_number_mark_scale
+                length = scale * embeds.detach().norm(dim=-1, keepdim=True) if scale else None
                 marks = number_token_marks(numbers, self.config.region_number_token_ids, self.get_input_embeddings(),
-                                           length=self.config.region_number_mark_scale * embeds.detach().norm(
-                                               dim=-1, keepdim=True) if self.config.region_number_mark_scale else None)
+                                           length=length)
                 embeds = embeds + marks.to(embeds.dtype)
         return embeds
 

@@ -124,10 +124,10 @@ def rec_questions(scene: Scene, rng: random.Random, count: int, style: str = "fi
         raise ValueError(f"rec_phrases must be one of {', '.join(REC_PHRASE_STYLES)}, got {style!r}")
     referable = [k for k, obj in enumerate(scene.objects) if obj.referring_forms]
     wanted, count = count, min(count, len(referable))
-    if style == "first":
-        return [(k, scene.objects[k].referring_forms[0]) for k in rng.sample(referable, count)]
-    if style == "both":
+    if style in ("first", "both"):
         firsts = [(k, scene.objects[k].referring_forms[0]) for k in rng.sample(referable, count)]
+        if style == "first":
+            return firsts
         others = [(k, form) for k in referable if _shares_category(scene, k)
                   for form in scene.objects[k].referring_forms[1:]]
         return firsts + rng.sample(others, min(len(others), wanted - count))
