@@ -236,6 +236,32 @@ def test_region_pretraining_cache_gives_the_same_batches_and_keeps_to_its_budget
         make_recipe(world, tmp_path / "bad", "train.max_steps=1", "train.region_pretrain_cache_gb=-1")
 
 
+def test_region_pretraining_learning_rate_falls_to_its_floor_along_a_half_cosine(world, tmp_path, monkeypatch):
+    from regiongpt.training.region_pretrain import pretrain_lr_factor
+
+    assert [pretrain_lr_factor(s, 5, 1.0) for s in range(5)] == [1.0] * 5  # constant: the old behaviour
+    factors = [pretrain_lr_factor(s, 5, 0.1) for s in range(5)]
+    assert factors[0] == 1.0 and factors[-1] == pytest.approx(0.1) and factors[2] == pytest.approx(0.55)
+    assert all(a > b for a, b in zip(factors, factors[1:]))
+    assert pretrain_lr_factor(0, 1, 0.1) == 1.0  # a single step trains at the full rate
+    # the optimiser's steps take those rates: the recipe passes train.region_pretrain_min_lr_ratio on
+    seen = []
+    real_step = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    recipe = make_recipe(world, tmp_path / "decay", "train.max_steps=1", "data.val=[]", "train.region_pretrain_steps=3",
+                         "train.region_pretrain_lr=2e-3", "train.region_pretrain_min_lr_ratio=0.25",
+                         "train.trainable=[feature_refiner,connector,language_model,vision_tower]")
+    recipe._pretrain_region_path()
+    assert seen == pytest.approx([2e-3, 2e-3 * 0.625, 2e-3 * 0.25])
+    with pytest.raises(InvalidInputError, match=r"'train.region_pretrain_min_lr_ratio' must be in \[0, 1\]"):
+        make_recipe(world, tmp_path / "bad", "train.max_steps=1", "train.region_pretrain_min_lr_ratio=1.5")
+
+
 def test_region_pretraining_attribute_and_image_heads(world, tmp_path):
     from regiongpt.training.region_pretrain import PretrainLabels, pretrain_region_path
 

@@ -275,14 +275,17 @@ class TrainConfig:
         "learns the label prior and ignores them; a region path that already separates categories avoids "
         "that (bench/demo_model.md). 0 = off.", default=0)
     region_pretrain_lr: float = _doc("Learning rate of the region-path pretraining.", default=1.0e-3)
+    region_pretrain_min_lr_ratio: float = _doc(
+        "The region-path pretraining's learning rate falls along a half cosine from `train.region_pretrain_lr` "
+        "to this share of it at its last step; 1 = constant.", default=1.0)
     region_pretrain_batch_size: int = _doc(
         "Images a step of the region-path pretraining (0 = `data.batch_size`). Its steps are cheap (no language "
         "model): a larger batch buys the per-cell category head many more images for little time.", default=0)
     region_pretrain_cache_gb: float = _doc(
         "Keep up to this many GiB of prepared images and region masks during the region-path pretraining, so its "
         "later passes over the data skip decoding, resizing and rasterising them (the batches are the same, value "
-        "for value). The built-in model's 8,000 images take ~4 GiB; what it saves in a whole build was not measured "
-        "apart from the machine's speed (bench/demo_model.md, nineteenth round). 0 = off.",
+        "for value). The built-in model's 8,000 images take ~4 GiB; there it cut 3,200 pretraining steps from 10.2 "
+        "to 9.2 min, but the build's later phases ran slower (bench/demo_model.md, twenty-second round). 0 = off.",
         default=0.0)
     region_pretrain_workers: int = _doc(
         "Loader processes that prepare the region-path pretraining's next batches while it trains on one (0 = in "
@@ -786,6 +789,9 @@ def validate_config(config: TrainingConfig) -> None:
     if t.region_pretrain_cache_gb < 0:
         raise InvalidInputError(f"'train.region_pretrain_cache_gb' must be >= 0 (0 = off), got "
                                 f"{t.region_pretrain_cache_gb}")
+    if not 0.0 <= t.region_pretrain_min_lr_ratio <= 1.0:
+        raise InvalidInputError("'train.region_pretrain_min_lr_ratio' must be in [0, 1] (1 = a constant learning "
+                                f"rate), got {t.region_pretrain_min_lr_ratio}")
     if t.region_pretrain_workers < 0:
         raise InvalidInputError(f"'train.region_pretrain_workers' must be >= 0 (0 = in the training process), got "
                                 f"{t.region_pretrain_workers}")

@@ -427,7 +427,8 @@ class TrainingRecipe:
                                       segmentation_presence_weight=cfg.train.segmentation_presence_weight,
                                       num_workers=cfg.train.region_pretrain_workers,
                                       segmentation_peak_targets=cfg.train.segmentation_peak_targets,
-                                      cache_bytes=int(cfg.train.region_pretrain_cache_gb * 2**30))
+                                      cache_bytes=int(cfg.train.region_pretrain_cache_gb * 2**30),
+                                      min_lr_ratio=cfg.train.region_pretrain_min_lr_ratio)
         self.metrics.write(0, "region_pretrain", {"loss_first": losses[0], "loss_last": losses[-1],
                                                   "steps": len(losses)})
 

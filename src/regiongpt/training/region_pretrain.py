@@ -24,6 +24,7 @@ learned to read region tokens 3x slower (bench/demo_model.md).
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -207,12 +208,22 @@ class PretrainBatches(torch.utils.data.Dataset):
                                                   [region_specs(s) for s in batch]))
 
 
+def pretrain_lr_factor(step: int, steps: int, min_lr_ratio: float) -> float:
+    """The share of the pretraining learning rate at ``step`` (0-based) of ``steps``: 1 at the first
+    step, falling along a half cosine to ``min_lr_ratio`` at the last (1: constant)."""
+    if min_lr_ratio >= 1.0 or steps <= 1:
+        return 1.0
+    progress = min(step, steps - 1) / (steps - 1)
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def pretrain_region_path(model: nn.Module, processor, samples: Sequence[NativeSample], steps: int, lr: float,
                          batch_size: int, seed: int, device: torch.device, attributes: Sequence[str] = (),
                          image_labels: Sequence[str] = (), image_weight: float = 0.25,
                          heads_on: str = "features", segmentation_weight: float = 0.0,
                          segmentation_presence_weight: float = 0.0, num_workers: int = 0,
-                         segmentation_peak_targets: bool = False, cache_bytes: int = 0) -> list[float]:
+                         segmentation_peak_targets: bool = False, cache_bytes: int = 0,
+                         min_lr_ratio: float = 1.0) -> list[float]:
     """Train the region path (and, with ``image_labels``, the image tokens) for ``steps`` steps.
 
     Returns the summed, weighted head losses per step. ``heads_on="features"``: the region
@@ -222,7 +233,9 @@ def pretrain_region_path(model: nn.Module, processor, samples: Sequence[NativeSa
     connector, bench/demo_model.md). The language model is never trained here. ``num_workers``
     loader processes prepare the next batches meanwhile (0: in this process); the result is the same.
     ``cache_bytes``: keep up to that many bytes of prepared images and masks for the later passes
-    (:class:`PreparedImages`); the result is the same.
+    (:class:`PreparedImages`); the result is the same. ``min_lr_ratio`` < 1: the learning rate
+    falls from ``lr`` to ``lr * min_lr_ratio`` along a half cosine over the steps
+    (:func:`pretrain_lr_factor`); 1 keeps it constant.
     """
     if heads_on not in ("features", "embeddings"):
         raise InvalidInputError(f"train.region_pretrain_heads_on must be features or embeddings, got {heads_on!r}")
@@ -255,6 +268,7 @@ def pretrain_region_path(model: nn.Module, processor, samples: Sequence[NativeSa
         if part is not None:
             part.to(device)
     optimizer = torch.optim.AdamW(trained, lr=lr, foreach=True)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: pretrain_lr_factor(step, steps, min_lr_ratio))
     rng = random.Random(seed)
     batches = [rng.sample(labelled, min(batch_size, len(labelled))) for _ in range(steps)]
     prepared = PretrainBatches(processor, batches, cache_bytes)
@@ -294,6 +308,7 @@ def pretrain_region_path(model: nn.Module, processor, samples: Sequence[NativeSa
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            schedule.step()
             losses.append(loss.detach().item())
     finally:
         if label_loss is not None:
