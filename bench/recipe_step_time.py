@@ -1,14 +1,16 @@
 """Seconds per training step of the recipe on real batches (CPU profiling aid).
 
     python bench/recipe_step_time.py runs/demo-build/world [--attention turns|sdpa] [--steps 12]
-        [--profile] [key=value config overrides]
+        [--profile] [--pretrain] [key=value config overrides]
 
 Builds the recipe from ``configs/demo.yaml`` (or ``--config``) on the world's native files,
 without region pretraining and with every task from step 0 (the recipe's slowest phase), and
 times ``TrainingRecipe.train_step`` over ``--steps`` batches after two warm-up steps.
 ``--attention sdpa`` switches the language model back from turn attention
 (``training/turn_attention.py``) to SDPA with the dense independent-turn mask, for comparison;
-``--profile`` prints a torch.profiler table of three more steps. bench/demo_model.md ("Twelfth
+``--profile`` prints a torch.profiler table of three more steps. ``--pretrain`` times a step of
+the region-path pretraining instead (``train.region_pretrain_*`` of the config: batch size,
+loader workers, cache; 2 warm-up steps, then ``--steps``), its loader included. bench/demo_model.md ("Twelfth
 round") has the numbers.
 """
 
@@ -35,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--pretrain", action="store_true", help="time the region-path pretraining's step instead")
     args = parser.parse_intermixed_args(argv)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as out:
@@ -44,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             "data.task_schedule=[]", *args.overrides])
         recipe = TrainingRecipe(config)
         recipe.setup()
+        if args.pretrain:
+            return time_pretraining(recipe, args.steps, args.profile)
         if args.attention == "sdpa":
             recipe.model.model.language_model.set_attn_implementation("sdpa")
         batches = iter(build_train_loader(recipe.train_dataset, recipe.processor, config, 0, args.steps + 5, 0, 1))
@@ -66,6 +71,22 @@ def main(argv: list[str] | None = None) -> int:
                 for _ in range(3):
                     recipe.train_step([next(batches)])
             print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=25))
+    return 0
+
+
+def time_pretraining(recipe: TrainingRecipe, steps: int, profile: bool) -> int:
+    """Print the seconds per region-path pretraining step (the recipe's own pretraining settings)."""
+    recipe.pretrain_region_path(2)  # warm-up: first allocations
+    started = time.perf_counter()
+    recipe.pretrain_region_path(steps)
+    seconds = time.perf_counter() - started
+    print(json.dumps({"phase": "region_pretrain", "steps": steps, "seconds_per_step": round(seconds / steps, 3)}))
+    if profile:
+        from torch.profiler import ProfilerActivity, profile as torch_profile
+
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            recipe.pretrain_region_path(3)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
     return 0
 
 

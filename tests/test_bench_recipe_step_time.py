@@ -19,3 +19,16 @@ def test_times_steps_with_either_attention(tmp_path, capsys):
         result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert result["attention"] == attention and result["steps"] == 1
         assert result["seconds_per_step"] > 0 and result["padded_tokens_per_step"] > 0
+
+
+def test_times_the_region_pretraining_step(tmp_path, capsys):
+    world = tmp_path / "world"
+    write_world(world, images=6, seed=3, width=64, height=64, val_fraction=0.5, progress=False)
+    bench = load_bench_script("recipe_step_time")
+    assert bench.main([str(world), "--pretrain", "--steps", "2", "--profile", "train.region_pretrain_batch_size=2",
+                       "data.num_workers=0"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(next(line for line in lines if line.startswith("{")))
+    assert result == {"phase": "region_pretrain", "steps": 2, "seconds_per_step": result["seconds_per_step"]}
+    assert result["seconds_per_step"] > 0
+    assert any("convolution" in line for line in lines)  # the profiler's table of the tower's work

@@ -412,25 +412,30 @@ class TrainingRecipe:
 
     def _pretrain_region_path(self) -> None:
         """Optional stage 0 (``train.region_pretrain_steps``): see ``region_pretrain.py``."""
-        cfg = self.config
         if self.dist.world_size > 1:
             raise InvalidInputError("train.region_pretrain_steps runs in one process; start it without torchrun")
-        losses = pretrain_region_path(self.model, self.processor, self.train_samples, cfg.train.region_pretrain_steps,
-                                      cfg.train.region_pretrain_lr,
-                                      cfg.train.region_pretrain_batch_size or cfg.data.batch_size, cfg.train.seed,
-                                      self.device,
-                                      attributes=cfg.train.region_pretrain_attributes,
-                                      image_labels=cfg.train.region_pretrain_image_labels,
-                                      image_weight=cfg.train.region_pretrain_image_weight,
-                                      heads_on=cfg.train.region_pretrain_heads_on,
-                                      segmentation_weight=cfg.train.pretrain_segmentation_weight(),
-                                      segmentation_presence_weight=cfg.train.segmentation_presence_weight,
-                                      num_workers=cfg.train.region_pretrain_workers,
-                                      segmentation_peak_targets=cfg.train.segmentation_peak_targets,
-                                      cache_bytes=int(cfg.train.region_pretrain_cache_gb * 2**30),
-                                      min_lr_ratio=cfg.train.region_pretrain_min_lr_ratio)
+        losses = self.pretrain_region_path(self.config.train.region_pretrain_steps)
         self.metrics.write(0, "region_pretrain", {"loss_first": losses[0], "loss_last": losses[-1],
                                                   "steps": len(losses)})
+
+    def pretrain_region_path(self, steps: int) -> list[float]:
+        """``steps`` steps of the region-path pretraining with this config's ``train.region_pretrain_*``
+        settings (the learning rate's schedule spans ``steps``); the per-step losses."""
+        cfg = self.config
+        return pretrain_region_path(self.model, self.processor, self.train_samples, steps,
+                                    cfg.train.region_pretrain_lr,
+                                    cfg.train.region_pretrain_batch_size or cfg.data.batch_size, cfg.train.seed,
+                                    self.device,
+                                    attributes=cfg.train.region_pretrain_attributes,
+                                    image_labels=cfg.train.region_pretrain_image_labels,
+                                    image_weight=cfg.train.region_pretrain_image_weight,
+                                    heads_on=cfg.train.region_pretrain_heads_on,
+                                    segmentation_weight=cfg.train.pretrain_segmentation_weight(),
+                                    segmentation_presence_weight=cfg.train.segmentation_presence_weight,
+                                    num_workers=cfg.train.region_pretrain_workers,
+                                    segmentation_peak_targets=cfg.train.segmentation_peak_targets,
+                                    cache_bytes=int(cfg.train.region_pretrain_cache_gb * 2**30),
+                                    min_lr_ratio=cfg.train.region_pretrain_min_lr_ratio)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.config.train.dtype == "bf16":
