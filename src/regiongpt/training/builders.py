@@ -8,7 +8,6 @@ the data sets and their loaders. The recipe calls them in order and holds the re
 from __future__ import annotations
 
 import difflib
-import math
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -39,6 +38,7 @@ from .data import (
     pairs_to_turns,
 )
 from .lora import add_lora
+from .lr_schedule import cosine_factor
 
 _PLACEHOLDERS = re.compile(r"<image>|<region\d+>|</s>")
 
@@ -200,8 +200,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: OptimConfig, total
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return cosine_factor(min(1.0, (step - warmup) / max(1, total_steps - warmup)), floor)
 
     return LambdaLR(optimizer, factor)
 

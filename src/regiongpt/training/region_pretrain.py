@@ -24,7 +24,6 @@ learned to read region tokens 3x slower (bench/demo_model.md).
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from regiongpt.data.native import NativeRegion, NativeSample
 from regiongpt.errors import InvalidInputError
 from regiongpt.processing.geometry import nonzero_bounds
 
+from .lr_schedule import cosine_factor
 from .region_labels import RegionLabelLoss
 from .segmentation import SegmentationHead
 
@@ -213,8 +213,7 @@ def pretrain_lr_factor(step: int, steps: int, min_lr_ratio: float) -> float:
     step, falling along a half cosine to ``min_lr_ratio`` at the last (1: constant)."""
     if min_lr_ratio >= 1.0 or steps <= 1:
         return 1.0
-    progress = min(step, steps - 1) / (steps - 1)
-    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return cosine_factor(min(step, steps - 1) / (steps - 1), min_lr_ratio)
 
 
 def pretrain_region_path(model: nn.Module, processor, samples: Sequence[NativeSample], steps: int, lr: float,
