@@ -10,7 +10,7 @@ from PIL import Image
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 
-from regiongpt.processing.geometry import ImageGeometry, geometry_for, resize_output_size
+from regiongpt.processing.geometry import ImageGeometry, _axis_coverage, geometry_for, resize_output_size
 
 
 def _processors() -> dict[str, object]:
@@ -117,6 +117,38 @@ def test_transform_mask_total_weight_is_scaled_area() -> None:
     out = geometry.transform_mask(mask)
     assert out.dtype == np.float32 and out.shape == (45, 50)
     np.testing.assert_allclose(out.sum(), mask.sum() * (45 / 90) * (50 / 120), rtol=1e-5)
+
+
+def _full_resampling(geometry: ImageGeometry, mask: np.ndarray) -> np.ndarray:
+    """The box filter onto every output pixel (what transform_mask computes only where the region is)."""
+    rows = _axis_coverage(mask.astype(np.float64), geometry._edges(axis=0), axis=0)
+    return np.clip(_axis_coverage(rows, geometry._edges(axis=1), axis=1), 0.0, 1.0).astype(np.float32)
+
+
+@pytest.mark.parametrize("build", [
+    {"resize_to": (48, 64)},                            # shrink
+    {"resize_to": (150, 200)},                          # enlarge
+    {"pad_to_square": True, "resize_to": (56, 56)},     # LLaVA pad, then shrink
+    {"resize_to": (60, 80), "crop_size": (60, 60)},     # center crop cuts the sides
+    {"resize_to": (40, 50), "crop_size": (64, 64)},     # crop bigger than the image: zero borders
+    {"resize_to": (40, 50), "pad_to": (48, 64)},        # trailing pad
+])
+def test_transform_mask_equals_full_resampling(build: dict) -> None:
+    """Resampling only the output pixels the region's box meets gives the full resampling's values,
+    value for value, for regions anywhere (edges, corners, one pixel, soft, cut off by a crop)."""
+    rng = np.random.default_rng(1)
+    geometry = ImageGeometry.build((75, 100), **build)
+    for trial in range(40):
+        mask = np.zeros((75, 100))
+        y0, x0 = int(rng.integers(0, 75)), int(rng.integers(0, 100))
+        y1, x1 = int(rng.integers(y0 + 1, 76)), int(rng.integers(x0 + 1, 101))
+        mask[y0:y1, x0:x1] = rng.random((y1 - y0, x1 - x0)) * (rng.random((y1 - y0, x1 - x0)) > 0.3)
+        if not mask.any():
+            continue
+        expected = _full_resampling(geometry, mask)
+        if expected.sum() < 1e-4:  # cropped away: the nearest-pixel fallback, tested on its own
+            continue
+        np.testing.assert_array_equal(geometry.transform_mask(mask), expected, err_msg=f"trial {trial}")
 
 
 @pytest.mark.parametrize("name", list(_processors()))

@@ -138,9 +138,17 @@ class ImageGeometry:
             return np.zeros((out_h, out_w), dtype=np.float32)
         (y0, y1), (x0, x1) = bounds
         window = mask[y0:y1, x0:x1]  # only the region's box carries weight; zeros elsewhere
-        rows = _axis_coverage(window, self._edges(axis=0) - y0, axis=0)  # (out_h, x1 - x0)
-        out = _axis_coverage(rows, self._edges(axis=1) - x0, axis=1)  # (out_h, out_w)
-        out = np.clip(out, 0.0, 1.0).astype(np.float32)
+        # only the output pixels whose footprint meets the box can be non-zero: resample onto those
+        # (each pixel's value depends on its own two edges alone, so the values are those of the full
+        # resampling, and the rest are its exact zeros)
+        row_edges, col_edges = self._edges(axis=0), self._edges(axis=1)
+        r0, r1 = _overlapping_pixels(row_edges, y0, y1)
+        c0, c1 = _overlapping_pixels(col_edges, x0, x1)
+        out = np.zeros((out_h, out_w), dtype=np.float32)
+        if r1 > r0 and c1 > c0:
+            rows = _axis_coverage(window, row_edges[r0 : r1 + 1] - y0, axis=0)  # (r1 - r0, x1 - x0)
+            part = _axis_coverage(rows, col_edges[c0 : c1 + 1] - x0, axis=1)  # (r1 - r0, c1 - c0)
+            out[r0:r1, c0:c1] = np.clip(part, 0.0, 1.0)
         if out.sum() < _MIN_TOTAL_WEIGHT:
             out[self._nearest_output_pixel(_centroid_xy(mask))] = 1.0
         return out
@@ -250,6 +258,14 @@ def _trailing_pad(image_hw: tuple[int, int], pad_hw: tuple[int, int]) -> tuple[i
     if pad_hw[0] < image_hw[0] or pad_hw[1] < image_hw[1]:
         raise ValueError(f"pad size {pad_hw} is smaller than the processed image {image_hw}")
     return pad_hw
+
+
+def _overlapping_pixels(edges: np.ndarray, start: int, stop: int) -> tuple[int, int]:
+    """Half-open range of output pixels ``i`` whose interval ``[edges[i], edges[i+1])`` meets
+    ``[start, stop)`` (empty when it lies wholly outside the output)."""
+    first = max(int(np.searchsorted(edges, start, side="right")) - 1, 0)
+    last = min(int(np.searchsorted(edges, stop, side="left")), len(edges) - 1)
+    return first, last
 
 
 def _axis_coverage(values: np.ndarray, edges: np.ndarray, axis: int) -> np.ndarray:
