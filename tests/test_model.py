@@ -194,6 +194,36 @@ def test_backbones_forward_and_generate(tokenizer, image, preset):
     assert generated.shape[1] == inputs["input_ids"].shape[1] + 3
 
 
+@pytest.mark.parametrize("preset", ["tiny-clip-llama", "tiny-convnext-mistral", "tiny-resnet-llama"])
+def test_vision_maps_in_channels_last_equal_the_contiguous_tower(tokenizer, image, preset):
+    """The tower reads its pixels channels-last (faster convolutions): the maps, and their gradients
+    to the tower's weights, are the contiguous forward's up to summation order."""
+    from regiongpt.model.vision import select_feature_maps
+
+    model = make_model(preset, tokenizer)
+    processor = make_processor(model, tokenizer)
+    pixels = processor(images=[image, image.transpose(0)], text=["<image>\n", "<image>\n"])["pixel_values"]
+    config, tower = model.config, model.model.vision_tower
+    seen = []
+    hook = tower.register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous(
+        memory_format=torch.channels_last)))
+    try:
+        (ours,) = select_feature_maps(tower, pixels, [config.vision_feature_layer],
+                                      config.vision_feature_select_strategy, config.vision_grid_size)
+    finally:
+        hook.remove()
+    assert seen == [True]
+    (ours_grad,) = torch.autograd.grad(ours.square().sum(), [next(tower.parameters())])
+    hidden = tower(pixels.contiguous(), output_hidden_states=True).hidden_states[config.vision_feature_layer]
+    if hidden.ndim == 3:  # ViT tokens: drop CLS, (B, N, C) -> (B, C, g, g)
+        hidden = hidden[:, 1:] if config.vision_feature_select_strategy == "default" else hidden
+        g = config.vision_grid_size
+        hidden = hidden.transpose(1, 2).reshape(hidden.shape[0], -1, g, g)
+    (their_grad,) = torch.autograd.grad(hidden.square().sum(), [next(tower.parameters())])
+    torch.testing.assert_close(ours, hidden, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ours_grad, their_grad, rtol=1e-3, atol=1e-4)
+
+
 @pytest.mark.parametrize(
     "overrides",
     [dict(region_pooling="roi_box"), dict(refine_residual=False), dict(refine_factor=1), dict(share_connector=False),

@@ -29,7 +29,13 @@ def select_feature_maps(
     grid_size: int,
 ) -> list[torch.Tensor]:
     """Several hidden states of one forward pass of ``vision_tower``, each as a (B, C, h, w) map
-    (a CNN stage keeps its own resolution; a ViT layer is the ``grid_size`` patch grid)."""
+    (a CNN stage keeps its own resolution; a ViT layer is the ``grid_size`` patch grid).
+
+    The pixels go in channels-last (NHWC): convolution kernels (oneDNN on CPU, cuDNN on GPU) run
+    faster on it and keep it through the tower; the values are the same up to summation order. On
+    the 2-core CPU the built-in model's region pretraining step fell from 0.355 to 0.303 s and its
+    training step from 1.14 to 1.09 s (bench/recipe_step_time.py, bench/demo_model.md)."""
+    pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
     outputs = vision_tower(pixel_values, output_hidden_states=True, return_dict=True)
     return [_as_map(outputs.hidden_states[layer], select_strategy, grid_size) for layer in feature_layers]
 
