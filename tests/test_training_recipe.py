@@ -147,6 +147,23 @@ def test_metrics_log_eval_per_task_and_loadable_checkpoints(world, tmp_path):
     assert [r["step"] for r in lines] == [1, 2, 3, 4] and all(r["sequences"] for r in lines)
 
 
+@pytest.mark.parametrize("freeze", [False, True])
+def test_frozen_batchnorm_statistics_stay_while_the_norms_weights_train(world, tmp_path, freeze):
+    """train.freeze_batchnorm_stats: a CNN tower's BatchNorm layers keep their running statistics through
+    the language-model phase (and its evaluations) while their weights still learn."""
+    recipe = make_recipe(world, tmp_path / "run", "model.preset=tiny-resnet-llama", "model.vision_overrides={}",
+                         "train.trainable=[vision_tower, feature_refiner, connector, language_model]",
+                         "train.max_steps=3", "eval.every_steps=1", f"train.freeze_batchnorm_stats={str(freeze).lower()}")
+    norms = {name: m for name, m in recipe.model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert norms
+    means = {name: m.running_mean.clone() for name, m in norms.items()}
+    weights = {name: m.weight.detach().clone() for name, m in norms.items()}
+    recipe.train()
+    kept = [torch.equal(m.running_mean, means[name]) for name, m in norms.items()]
+    assert all(kept) if freeze else not any(kept)
+    assert any(not torch.equal(m.weight.detach(), weights[name]) for name, m in norms.items())
+
+
 def test_bf16_autocast_step(world, tmp_path):
     recipe = make_recipe(world, tmp_path / "bf16", "train.dtype=bf16", "train.max_steps=1", "data.val=[]")
     metrics = recipe.train()

@@ -188,8 +188,9 @@ class DataConfig:
         "Length-grouped batching: each epoch's shuffled order is cut into windows of 64 micro-batches, each "
         "sorted by conversation length, so a micro-batch holds samples of similar length (less padding). "
         "Still a pure function of the seed and the epoch. Caution: in the demo recipe (a BatchNorm vision "
-        "tower) it cut padding from 33% to 4% but collapsed brief captions and REC, perhaps because batches "
-        "of one length hold one task and skew batch statistics (untested; bench/demo_model.md, tenth round). "
+        "tower) it cut padding from 33% to 4% but collapsed brief captions and REC (bench/demo_model.md, tenth "
+        "round); with `train.freeze_batchnorm_stats` brief captions held but REC fell 0.897 -> 0.817 and the "
+        "longest conversations' eighth candidate was never chosen, for 7% less time (twenty-third round). "
         "Check held-out numbers before keeping it.", default=False)
 
 
@@ -278,6 +279,12 @@ class TrainConfig:
     region_pretrain_min_lr_ratio: float = _doc(
         "The region-path pretraining's learning rate falls along a half cosine from `train.region_pretrain_lr` "
         "to this share of it at its last step; 1 = constant.", default=1.0)
+    freeze_batchnorm_stats: bool = _doc(
+        "In the language-model phase (after the region pretraining), BatchNorm layers (a CNN vision tower's) "
+        "normalise with their running statistics and keep them, as at evaluation; their weights still train. "
+        "Batches then need not look alike in their images: with `data.group_by_length` a batch holds "
+        "conversations of one length, often of one task (with it, the built-in recipe's brief captions no longer "
+        "collapsed, bench/demo_model.md, twenty-third round).", default=False)
     region_pretrain_batch_size: int = _doc(
         "Images a step of the region-path pretraining (0 = `data.batch_size`). Its steps are cheap (no language "
         "model): a larger batch buys the per-cell category head many more images for little time.", default=0)

@@ -368,7 +368,7 @@ class TrainingRecipe:
         loader = build_train_loader(self.train_dataset, self.processor, cfg, self.micro_batches,
                                     self.total_steps * accum * world, self.dist.rank, world)
         batches = iter(loader)
-        self.model.train()
+        self._train_mode()
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", file=sys.stderr,
                    disable=not (cfg.train.progress and self.dist.is_main), dynamic_ncols=True)
         last: dict[str, float] = {}
@@ -582,6 +582,15 @@ class TrainingRecipe:
                                     "fix or drop the unreadable samples (data.strict=true names them)")
         return self._last_batch
 
+    def _train_mode(self) -> None:
+        """The model in training mode; with ``train.freeze_batchnorm_stats`` its BatchNorm layers stay in
+        evaluation mode (they normalise with, and keep, their running statistics; their weights still train)."""
+        self.model.train()
+        if self.config.train.freeze_batchnorm_stats:
+            for module in self.model.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+
     # ----- evaluation ---------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -603,7 +612,8 @@ class TrainingRecipe:
             loss_sum += float(answer_loss_sum(logits, labels))
             n_tokens += int((labels[:, 1:] != -100).sum())
             accuracy.update(logits, labels, b.answer_index, b.answer_tasks)
-        self.model.train(was_training)
+        if was_training:
+            self._train_mode()
         if skipped:  # a warning, not an error: training goes on (and keeps its checkpoints)
             none_left = "; nothing was left to evaluate" if n_tokens == 0 else ""
             warnings.warn(f"evaluation skipped {len(skipped)} validation sample(s){none_left} (first: "
