@@ -269,6 +269,12 @@ class TrainConfig:
     activation_checkpointing: bool = _doc(
         "Recompute each decoder layer's activations in the backward pass (torch `checkpoint_wrapper`): "
         "less memory, ~1/3 more compute.", default=False)
+    freeze_batchnorm_stats: bool = _doc(
+        "In the language-model phase (after the region pretraining), BatchNorm layers (a CNN vision tower's) "
+        "normalise with their running statistics and keep them, as at evaluation; their weights still train. "
+        "Batches then need not look alike in their images: with `data.group_by_length` a batch holds "
+        "conversations of one length, often of one task (with it, the built-in recipe's brief captions no longer "
+        "collapsed, bench/demo_model.md, twenty-third round).", default=False)
     region_pretrain_steps: int = _doc(
         "Before step 1 of a run from scratch: this many steps that train the region path (vision tower, "
         "refinement, shape encoder) through a linear head on the training regions' categories, then "
@@ -279,12 +285,6 @@ class TrainConfig:
     region_pretrain_min_lr_ratio: float = _doc(
         "The region-path pretraining's learning rate falls along a half cosine from `train.region_pretrain_lr` "
         "to this share of it at its last step; 1 = constant.", default=1.0)
-    freeze_batchnorm_stats: bool = _doc(
-        "In the language-model phase (after the region pretraining), BatchNorm layers (a CNN vision tower's) "
-        "normalise with their running statistics and keep them, as at evaluation; their weights still train. "
-        "Batches then need not look alike in their images: with `data.group_by_length` a batch holds "
-        "conversations of one length, often of one task (with it, the built-in recipe's brief captions no longer "
-        "collapsed, bench/demo_model.md, twenty-third round).", default=False)
     region_pretrain_batch_size: int = _doc(
         "Images a step of the region-path pretraining (0 = `data.batch_size`). Its steps are cheap (no language "
         "model): a larger batch buys the per-cell category head many more images for little time.", default=0)
