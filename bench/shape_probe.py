@@ -226,7 +226,8 @@ def pretrain(args: argparse.Namespace) -> int:
                          image_labels=t.region_pretrain_image_labels, image_weight=t.region_pretrain_image_weight,
                          heads_on=t.region_pretrain_heads_on, segmentation_weight=weight,
                          segmentation_presence_weight=t.segmentation_presence_weight,
-                         num_workers=t.region_pretrain_workers, segmentation_peak_targets=t.segmentation_peak_targets)
+                         num_workers=t.region_pretrain_workers, segmentation_peak_targets=t.segmentation_peak_targets,
+                         segmentation_object_cells=t.segmentation_object_cells, min_lr_ratio=t.region_pretrain_min_lr_ratio)
     seconds = time.time() - start
     model.eval()
     names = model.config.image_label_names

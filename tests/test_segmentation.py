@@ -97,3 +97,50 @@ def test_presence_term_scores_each_categorys_largest_cell_against_what_the_image
     (with_presence.loss(maps, masks, index, categories, logits=wrong)
      - plain.loss(maps, masks, index, categories, logits=wrong)).backward()
     assert wrong.grad[1, 0, 1, 1] > 0
+
+
+def test_object_balance_weights_raise_small_objects_cells_to_the_reference_area():
+    from regiongpt.training.segmentation import object_balance_weights
+
+    masks = torch.zeros(3, 8, 8)
+    masks[0, :4, :4] = 1  # image 0: 4 whole cells of a 4x4 map (cells of 2x2 pixels)
+    masks[1, 4:8, 4:6] = 1  # image 0: two whole cells (a 4x2-pixel object)
+    masks[2, :, :] = 1  # image 1: the whole map, 16 cells, larger than the reference
+    weights = object_balance_weights(masks, torch.tensor([0, 0, 1]), 2, 4, object_cells=8.0)
+    assert weights.shape == (2, 4, 4)
+    assert torch.allclose(weights[0, :2, :2], torch.full((2, 2), 2.0))  # 4 cells weigh 8: 1 + (8/4 - 1) each
+    assert torch.allclose(weights[0, 2:, 2], torch.full((2,), 4.0))  # 2 cells weigh 8: 1 + (8/2 - 1) each
+    assert weights[0, 0, 3] == 1.0 and weights[0, 3, 0] == 1.0  # background keeps 1
+    assert torch.equal(weights[1], torch.ones(4, 4))  # a large object keeps 1
+    soft = torch.zeros(1, 8, 8)
+    soft[0, :1, :1] = 1  # a quarter of one cell: 0.25 cells in all, its cell gets 1 + 0.25 * (8 / 0.25 - 1)
+    assert torch.isclose(object_balance_weights(soft, torch.tensor([0]), 1, 4, 8.0)[0, 0, 0], torch.tensor(8.75))
+    # together, a small object's cells weigh (share-weighted) as much as the reference area
+    small = object_balance_weights(masks[1:2], torch.tensor([0]), 1, 4, 8.0)
+    assert torch.isclose(((small - 1) * torch.nn.functional.adaptive_avg_pool2d(masks[1:2, None], 4)[:, 0]).sum()
+                         + 2.0, torch.tensor(8.0))
+
+
+def test_object_balanced_loss_weighs_a_small_objects_cells_up_and_leaves_the_rest():
+    masks = torch.zeros(2, 8, 8)
+    masks[0, :2, :2] = 1  # a small star: one cell of a 4x4 map
+    masks[1, 4:, :] = 1  # a large circle: 8 cells
+    index, categories = torch.tensor([0, 0]), ["star", "circle"]
+    maps = torch.zeros(1, 4, 4, 4)
+    torch.manual_seed(0)
+    logits = torch.randn(1, 3, 4, 4)
+    plain = SegmentationHead(4, ["circle", "star"])
+    balanced = SegmentationHead(4, ["circle", "star"], object_cells=4.0)
+    # a reference below every region's area changes nothing
+    torch.testing.assert_close(SegmentationHead(4, ["circle", "star"], object_cells=1.0).loss(
+        maps, masks, index, categories, logits=logits), plain.loss(maps, masks, index, categories, logits=logits))
+    grads = []
+    for head in (plain, balanced):
+        x = logits.clone().requires_grad_(True)
+        head.loss(maps, masks, index, categories, logits=x).backward()
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[1][0, :, 0, 0], 4.0 * grads[0][0, :, 0, 0])  # the star's cell: 1 + (4/1 - 1)
+    torch.testing.assert_close(grads[1][0, :, 3, 3], grads[0][0, :, 3, 3])  # the circle's cells as before
+    torch.testing.assert_close(grads[1][0, :, 0, 3], grads[0][0, :, 0, 3])  # background as before
+    with __import__("pytest").raises(Exception, match="segmentation_object_cells"):
+        SegmentationHead(4, ["circle"], object_cells=-1.0)

@@ -63,6 +63,8 @@ def test_overrides_are_typed_dotted_yaml_values(tmp_path):
         ("train.rec_pointer_attribute_weight=0", "'train.rec_pointer_attribute_weight' must be > 0"),
         ("train.rec_pointer_attribute_weight=2", "set 'train.rec_pointer_attribute_head' too"),
         ("train.segmentation_peak_targets=true", "'train.segmentation_peak_targets' changes the per-cell"),
+        ("train.segmentation_object_cells=4", "'train.segmentation_object_cells' weighs the per-cell"),
+        ("train.segmentation_object_cells=-1", "'train.segmentation_object_cells' must be >= 0"),
     ],
 )
 def test_bad_overrides_name_the_key(override, expected):

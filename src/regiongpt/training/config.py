@@ -339,6 +339,12 @@ class TrainConfig:
         "its largest share, so the cell a region covers most is wholly its category however small the region is "
         "(`training/segmentation.py`). With plain shares a small object is mostly background in every cell, and "
         "the head learns to be unsure of it.", default=False)
+    segmentation_object_cells: float = _doc(
+        "In the per-cell category loss (`train.segmentation_weight`), a region that covers fewer refined-map cells "
+        "than this weighs, over its cells, as much as a region of this many cells: its cells' terms are scaled up "
+        "by this / its cells (`training/segmentation.py`). Small objects then count in the loss as much as medium "
+        "ones, instead of being outweighed by large objects and the background. 0 = off (every cell weighs the "
+        "same).", default=0.0)
     region_label_weight: float = _doc(
         "Weight of the label loss of the model's region label head (`model.region_labels`) during training "
         "(after the region-path pretraining, where it weighs 1 like the other region heads). It keeps the marks "
@@ -793,6 +799,9 @@ def validate_config(config: TrainingConfig) -> None:
     if t.region_pretrain_batch_size < 0:
         raise InvalidInputError(f"'train.region_pretrain_batch_size' must be >= 0 (0 = data.batch_size), got "
                                 f"{t.region_pretrain_batch_size}")
+    if t.segmentation_object_cells < 0:
+        raise InvalidInputError(f"'train.segmentation_object_cells' must be >= 0 (0 = off), got "
+                                f"{t.segmentation_object_cells}")
     if t.region_pretrain_cache_gb < 0:
         raise InvalidInputError(f"'train.region_pretrain_cache_gb' must be >= 0 (0 = off), got "
                                 f"{t.region_pretrain_cache_gb}")
@@ -815,6 +824,9 @@ def validate_config(config: TrainingConfig) -> None:
                                 "'train.segmentation_weight' (or 'train.region_pretrain_segmentation_weight') too")
     if t.segmentation_peak_targets and not (t.segmentation_weight or t.region_pretrain_segmentation_weight):
         raise InvalidInputError("'train.segmentation_peak_targets' changes the per-cell category loss's targets: set "
+                                "'train.segmentation_weight' (or 'train.region_pretrain_segmentation_weight') too")
+    if t.segmentation_object_cells and not (t.segmentation_weight or t.region_pretrain_segmentation_weight):
+        raise InvalidInputError("'train.segmentation_object_cells' weighs the per-cell category loss's cells: set "
                                 "'train.segmentation_weight' (or 'train.region_pretrain_segmentation_weight') too")
     if t.segmentation_weight and not (t.region_pretrain_steps or t.region_aux_weight):
         raise InvalidInputError("'train.segmentation_weight' acts in the region-path pretraining and through the "

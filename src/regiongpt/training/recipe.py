@@ -206,6 +206,7 @@ class TrainingRecipe:
             cfg.train.region_pretrain_image_labels, cfg.train.region_pretrain_image_weight,
             self.model.config.image_grid_size, cfg.train.segmentation_weight, self.model.config.vision_feature_dim,
             self.model, cfg.train.segmentation_presence_weight, cfg.train.segmentation_peak_targets,
+            cfg.train.segmentation_object_cells,
         ).to(self.device)
         self.region_aux_optimizer = torch.optim.AdamW(self.region_aux.parameters(), lr=cfg.optim.lr,
                                                       betas=tuple(cfg.optim.betas), weight_decay=0.0)
@@ -434,6 +435,7 @@ class TrainingRecipe:
                                     segmentation_presence_weight=cfg.train.segmentation_presence_weight,
                                     num_workers=cfg.train.region_pretrain_workers,
                                     segmentation_peak_targets=cfg.train.segmentation_peak_targets,
+                                    segmentation_object_cells=cfg.train.segmentation_object_cells,
                                     cache_bytes=int(cfg.train.region_pretrain_cache_gb * 2**30),
                                     min_lr_ratio=cfg.train.region_pretrain_min_lr_ratio)
 

@@ -49,7 +49,8 @@ class RegionAuxiliaryHeads(nn.Module):
     def __init__(self, classes: Mapping[str, Sequence[str]], width: int, image_fields: Sequence[str] = (),
                  image_classes: Sequence[str] = (), image_weight: float = 0.25, grid: int = 1,
                  segmentation_weight: float = 0.0, vision_width: int = 0, model: nn.Module | None = None,
-                 segmentation_presence_weight: float = 0.0, segmentation_peak_targets: bool = False):
+                 segmentation_presence_weight: float = 0.0, segmentation_peak_targets: bool = False,
+                 segmentation_object_cells: float = 0.0):
         super().__init__()
         self.fields = list(classes)
         self.index = {f: {v: i for i, v in enumerate(values)} for f, values in classes.items()}
@@ -64,9 +65,9 @@ class RegionAuxiliaryHeads(nn.Module):
         if segmentation_weight and "category" in classes:
             self.segmentation = (
                 SegmentationHead.for_model(model, classes["category"], segmentation_presence_weight,
-                                           segmentation_peak_targets) if model is not None
+                                           segmentation_peak_targets, segmentation_object_cells) if model is not None
                 else SegmentationHead(vision_width, classes["category"], presence_weight=segmentation_presence_weight,
-                                      peak_targets=segmentation_peak_targets))
+                                      peak_targets=segmentation_peak_targets, object_cells=segmentation_object_cells))
 
     @classmethod
     def from_samples(cls, samples: Sequence[NativeSample], attributes: Sequence[str], width: int,
@@ -74,7 +75,8 @@ class RegionAuxiliaryHeads(nn.Module):
                      grid: int = 1, segmentation_weight: float = 0.0,
                      vision_width: int = 0, model: nn.Module | None = None,
                      segmentation_presence_weight: float = 0.0,
-                     segmentation_peak_targets: bool = False) -> "RegionAuxiliaryHeads":
+                     segmentation_peak_targets: bool = False,
+                     segmentation_object_cells: float = 0.0) -> "RegionAuxiliaryHeads":
         """Heads for the category and ``attributes`` (and the image tokens' ``image_fields``, and
         the refined map's categories with ``segmentation_weight``), with the values the training
         regions use (every training region must carry them; the error names the field otherwise).
@@ -82,7 +84,8 @@ class RegionAuxiliaryHeads(nn.Module):
         the model being trained (its image label head, when it has one, is the segmentation head)."""
         labels = PretrainLabels.from_samples(samples, attributes, image_fields)
         return cls(labels.region_classes, width, labels.image_fields, labels.image_classes, image_weight, grid,
-                   segmentation_weight, vision_width, model, segmentation_presence_weight, segmentation_peak_targets)
+                   segmentation_weight, vision_width, model, segmentation_presence_weight, segmentation_peak_targets,
+                   segmentation_object_cells)
 
     def segmentation_loss(self, region_maps: torch.Tensor, region_masks: torch.Tensor,
                           region_image_index: torch.Tensor, records: Sequence[Mapping[str, str]],

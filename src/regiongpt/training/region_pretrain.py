@@ -222,7 +222,7 @@ def pretrain_region_path(model: nn.Module, processor, samples: Sequence[NativeSa
                          heads_on: str = "features", segmentation_weight: float = 0.0,
                          segmentation_presence_weight: float = 0.0, num_workers: int = 0,
                          segmentation_peak_targets: bool = False, cache_bytes: int = 0,
-                         min_lr_ratio: float = 1.0) -> list[float]:
+                         min_lr_ratio: float = 1.0, segmentation_object_cells: float = 0.0) -> list[float]:
     """Train the region path (and, with ``image_labels``, the image tokens) for ``steps`` steps.
 
     Returns the summed, weighted head losses per step. ``heads_on="features"``: the region
@@ -261,7 +261,8 @@ def pretrain_region_path(model: nn.Module, processor, samples: Sequence[NativeSa
     segmentation = None
     if segmentation_weight:
         segmentation = SegmentationHead.for_model(model, labels.region_classes["category"],
-                                                  segmentation_presence_weight, segmentation_peak_targets)
+                                                  segmentation_presence_weight, segmentation_peak_targets,
+                                                  segmentation_object_cells)
         trained += list(segmentation.parameters())
     for part in (heads, image_head, segmentation):
         if part is not None:

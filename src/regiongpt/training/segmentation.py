@@ -46,6 +46,26 @@ def segmentation_targets(region_masks: torch.Tensor, region_image_index: torch.T
     return targets
 
 
+def region_shares(region_masks: torch.Tensor, size: int) -> torch.Tensor:
+    """(R, size, size): the share of each map cell each (R, S, S) soft mask covers."""
+    return F.adaptive_avg_pool2d(region_masks.float()[:, None], size)[:, 0]
+
+
+def object_balance_weights(region_masks: torch.Tensor, region_image_index: torch.Tensor, n_images: int, size: int,
+                           object_cells: float) -> torch.Tensor:
+    """(B, size, size) per-cell loss weights: 1, plus, in the cells of a region that covers fewer than
+    ``object_cells`` cells of the map in all, its share of the cell times (``object_cells`` / its cells - 1).
+    A small object's cells then weigh in the loss as much, together, as an object of ``object_cells``
+    cells; larger regions and the background keep weight 1. Arguments as :func:`segmentation_targets`."""
+    weights = torch.ones(n_images, size, size, device=region_masks.device)
+    if region_masks.shape[0]:
+        shares = region_shares(region_masks, size)  # (R, size, size)
+        cells = shares.sum((1, 2)).clamp(min=1e-6)  # (R,) the region's area in map cells
+        boost = (object_cells / cells - 1.0).clamp(min=0.0)  # (R,)
+        weights.index_add_(0, region_image_index.to(region_masks.device).long(), shares * boost[:, None, None])
+    return weights
+
+
 def segmentation_cover(region_masks: torch.Tensor, region_image_index: torch.Tensor, region_classes: torch.Tensor,
                        n_images: int, size: int, n_classes: int, peak: bool = False) -> torch.Tensor:
     """(B, n_classes + 1, size, size): per map cell, the share of it each class covers (regions are
@@ -56,7 +76,7 @@ def segmentation_cover(region_masks: torch.Tensor, region_image_index: torch.Ten
     Arguments as :func:`segmentation_targets`."""
     cover = torch.zeros(n_images, n_classes + 1, size, size, device=region_masks.device)
     if region_masks.shape[0]:
-        shares = F.adaptive_avg_pool2d(region_masks.float()[:, None], size)[:, 0]  # (R, size, size)
+        shares = region_shares(region_masks, size)  # (R, size, size)
         if peak:
             shares = shares / shares.amax((1, 2), keepdim=True).clamp(min=1e-6)
         flat = region_image_index.to(region_masks.device).long() * (n_classes + 1) + region_classes.to(region_masks.device)
@@ -73,17 +93,22 @@ class SegmentationHead(nn.Module):
     ``classes``: the category names in head order; the background is the last class. Its
     weight in the cross-entropy is ``background_weight`` (most cells are background, and a
     head that says "background" everywhere is right most of the time). ``peak_targets``: the targets
-    of :func:`segmentation_cover` with ``peak=True``. ``presence_weight`` adds
+    of :func:`segmentation_cover` with ``peak=True``. ``object_cells`` > 0: each cell's term is weighted
+    by :func:`object_balance_weights`, so that small objects are not outweighed by large ones. ``presence_weight`` adds
     an image-level term: for each category, the binary cross-entropy of its largest per-cell
     probability against whether the image shows it (what image label marks tell a yes/no question:
     one confident cell of an absent category is a wrong "yes").
     """
 
     def __init__(self, channels: int, classes: Sequence[str], background_weight: float = 0.2,
-                 model_head: nn.Module | None = None, presence_weight: float = 0.0, peak_targets: bool = False):
+                 model_head: nn.Module | None = None, presence_weight: float = 0.0, peak_targets: bool = False,
+                 object_cells: float = 0.0):
         super().__init__()
+        if object_cells < 0:
+            raise InvalidInputError(f"'train.segmentation_object_cells' must be >= 0 (0 = off), got {object_cells}")
         self.presence_weight = presence_weight
         self.peak_targets = peak_targets
+        self.object_cells = object_cells
         self.index = {name: i for i, name in enumerate(classes)}
         self.background = len(classes)
         # the model's own image label head (not registered here: the model's optimiser trains it)
@@ -95,21 +120,21 @@ class SegmentationHead(nn.Module):
 
     @classmethod
     def for_model(cls, model: nn.Module, classes: Sequence[str], presence_weight: float = 0.0,
-                  peak_targets: bool = False) -> "SegmentationHead":
+                  peak_targets: bool = False, object_cells: float = 0.0) -> "SegmentationHead":
         """The loss on the model's image label head when it has one (``classes``: the training
         regions' categories, each of which it must know), else on a head of its own."""
         inner = model.model
         label_head = inner.image_label_head
         if label_head is None:
             return cls(model.config.vision_feature_dim, classes, presence_weight=presence_weight,
-                       peak_targets=peak_targets)
+                       peak_targets=peak_targets, object_cells=object_cells)
         names = list(model.config.image_label_names or [])
         unknown = [c for c in classes if c not in names]
         if unknown:
             raise InvalidInputError(f"training regions have categories the model's image labels do not name: "
                                     f"{unknown[:5]}; add them to model.image_labels (it has {names})")
         return cls(model.config.vision_feature_dim, names, model_head=label_head, presence_weight=presence_weight,
-                   peak_targets=peak_targets)
+                   peak_targets=peak_targets, object_cells=object_cells)
 
     def forward(self, region_maps: torch.Tensor) -> torch.Tensor:
         """(B, K+1, h, w) logits."""
@@ -129,7 +154,12 @@ class SegmentationHead(nn.Module):
         targets = segmentation_cover(region_masks[rows], region_image_index[rows], classes, region_maps.shape[0],
                                      region_maps.shape[-1], self.background, peak=self.peak_targets)
         logits = self(region_maps) if logits is None else logits.float()
-        loss = F.cross_entropy(logits, targets, weight=self.class_weight)
+        if self.object_cells:
+            cell_weights = object_balance_weights(region_masks[rows], region_image_index[rows], region_maps.shape[0],
+                                                  region_maps.shape[-1], self.object_cells)  # (B, h, w)
+            loss = (F.cross_entropy(logits, targets, weight=self.class_weight, reduction="none") * cell_weights).mean()
+        else:
+            loss = F.cross_entropy(logits, targets, weight=self.class_weight)
         if self.presence_weight:
             shown = (targets[:, : self.background].amax((2, 3)) > 0).float()  # (B, K): the image shows k
             largest = logits.softmax(1)[:, : self.background].amax((2, 3)).clamp(1e-6, 1 - 1e-6)  # (B, K)
@@ -142,4 +172,4 @@ class SegmentationHead(nn.Module):
         return [r.get("category") for r in records]
 
 
-__all__ = ["SegmentationHead", "segmentation_cover", "segmentation_targets"]
+__all__ = ["SegmentationHead", "object_balance_weights", "region_shares", "segmentation_cover", "segmentation_targets"]
