@@ -19,9 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from shape_probe import label_head_presence  # noqa: E402
 
 SPLITS = ("random", "popular", "adversarial")
 QUESTION = re.compile(r"Is there an? (.+?) in the image\?")
@@ -36,22 +40,6 @@ def auc(present: torch.Tensor, absent: torch.Tensor) -> float:
 
 def accuracy(present: torch.Tensor, absent: torch.Tensor, threshold: float) -> float:
     return float(((present > threshold).sum() + (absent <= threshold).sum()) / (len(present) + len(absent)))
-
-
-def largest_probabilities(model, processor, image_paths: list[Path], batch: int = 16) -> dict[str, torch.Tensor]:
-    """Per image: (K,) each category's largest per-cell probability from the image label head."""
-    from PIL import Image
-
-    n_labels = len(model.config.image_label_names)
-    out = {}
-    with torch.no_grad():
-        for start in range(0, len(image_paths), batch):
-            chunk = image_paths[start:start + batch]
-            pixels = processor.prepare_images([Image.open(p).convert("RGB") for p in chunk])["pixel_values"]
-            logits = model.model.encode_images(pixels).image_label_logits  # (B, K+1, h, w)
-            largest = logits.float().softmax(1)[:, :n_labels].amax((2, 3))  # (B, K)
-            out.update({p.name: row for p, row in zip(chunk, largest)})
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     questions = {split: [json.loads(line) for line in open(world / "pope" / f"synth_pope_{split}.jsonl")]
                  for split in SPLITS}
     images = sorted({q["image"] for qs in questions.values() for q in qs})
-    largest = largest_probabilities(model, processor, [world / "images" / name for name in images])
+    # per image: (K,) each category's largest per-cell probability
+    largest = dict(zip(images, label_head_presence(model, processor, [world / "images" / name for name in images])))
     print("| split | questions scored | left out (no category named) | ROC area | accuracy at 0.5 | "
           "best threshold: accuracy |\n|---|---|---|---|---|---|")
     scored_all: list[tuple[float, bool]] = []

@@ -182,21 +182,20 @@ def probe(args: argparse.Namespace) -> int:
           f"{max(balanced(token_yes > t, val_presence) for t in THRESHOLDS):.3f} |")
     if model.model.image_label_head is not None:  # the model's own head (model.image_labels): what its marks say
         order = [model.config.image_label_names.index(c) for c in categories]
-        yes = label_head_presence(model, processor, val_samples)[:, order]
+        yes = label_head_presence(model, processor, [s.image_path() for s in val_samples])[:, order]
         print(f"| the model's own image label head (what its marks say; at 0.5: "
               f"{balanced(yes > 0.5, val_presence):.3f}) | {max(balanced(yes > t, val_presence) for t in THRESHOLDS):.3f} |")
     return 0
 
 
-def label_head_presence(model, processor, samples) -> torch.Tensor:
-    """(N, K) the model's image label head's largest probability of each of its categories per image."""
+def label_head_presence(model, processor, images) -> torch.Tensor:
+    """(N, K) the model's image label head's largest probability of each of its categories per image
+    (``images``: paths or anything the processor reads)."""
     said = []
     with torch.no_grad():
-        for i in range(0, len(samples), 50):
-            batch = samples[i:i + 50]
-            visual = processor.prepare_images([str(s.image_path()) for s in batch],
-                                              [[{"segmentation": r.mask} for r in s.regions] for s in batch])
-            logits = model.model.encode_images(visual["pixel_values"]).image_label_logits
+        for i in range(0, len(images), 50):
+            pixels = processor.prepare_images([str(image) for image in images[i:i + 50]])["pixel_values"]
+            logits = model.model.encode_images(pixels).image_label_logits  # (B, K+1, h, w)
             said.append(logits.float().softmax(1)[:, :-1].amax((2, 3)))
     return torch.cat(said)
 
@@ -239,7 +238,7 @@ def pretrain(args: argparse.Namespace) -> int:
             truth[i, k] = True
             size = region.attributes.get("size")
             clearest[i, k] = max(int(clearest[i, k]), SIZES.index(size) if size in SIZES else -1)
-    said = label_head_presence(model, processor, val_samples)
+    said = label_head_presence(model, processor, [s.image_path() for s in val_samples])
     best = max(THRESHOLDS, key=lambda th: balanced(said > th, truth))
     recall = [float((said > best)[clearest == j].float().mean()) if (clearest == j).any() else float("nan")
               for j in range(len(SIZES))]

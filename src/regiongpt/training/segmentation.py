@@ -151,12 +151,13 @@ class SegmentationHead(nn.Module):
         known = [i for i, name in enumerate(categories) if name in self.index]
         rows = torch.tensor(known, dtype=torch.long, device=region_masks.device)
         classes = torch.tensor([self.index[categories[i]] for i in known], dtype=torch.long)
-        targets = segmentation_cover(region_masks[rows], region_image_index[rows], classes, region_maps.shape[0],
-                                     region_maps.shape[-1], self.background, peak=self.peak_targets)
+        masks, image_index = region_masks[rows], region_image_index[rows]
+        targets = segmentation_cover(masks, image_index, classes, region_maps.shape[0], region_maps.shape[-1],
+                                     self.background, peak=self.peak_targets)
         logits = self(region_maps) if logits is None else logits.float()
         if self.object_cells:
-            cell_weights = object_balance_weights(region_masks[rows], region_image_index[rows], region_maps.shape[0],
-                                                  region_maps.shape[-1], self.object_cells)  # (B, h, w)
+            cell_weights = object_balance_weights(masks, image_index, region_maps.shape[0], region_maps.shape[-1],
+                                                  self.object_cells)  # (B, h, w)
             loss = (F.cross_entropy(logits, targets, weight=self.class_weight, reduction="none") * cell_weights).mean()
         else:
             loss = F.cross_entropy(logits, targets, weight=self.class_weight)
