@@ -10,8 +10,11 @@ area under the ROC curve (the chance that a present category's probability excee
 one's), the accuracy at 0.5 and at the best threshold. The language model's own POPE accuracy
 (``regiongpt eval synth``) cannot beat the best-threshold accuracy by much: what the marks do not
 separate, the language model cannot tell apart either. Questions that name no category the head
-knows (the adversarial split's colour questions) are left out and counted. bench/demo_model.md ("Twenty-fourth
-round") has the numbers.
+knows are left out and counted; so are the adversarial split's colour questions ("Is there a purple
+triangle?" beside a blue one, all answered "no") unless the head also classifies colours
+(``model.image_attributes``): then a colour question's score is the largest, over cells, of the
+category's probability times the colour's, and they get a row of their own. bench/demo_model.md
+("Twenty-fourth round" on) has the numbers.
 """
 
 from __future__ import annotations
@@ -42,6 +45,20 @@ def accuracy(present: torch.Tensor, absent: torch.Tensor, threshold: float) -> f
     return float(((present > threshold).sum() + (absent <= threshold).sum()) / (len(present) + len(absent)))
 
 
+def colour_presence(model, processor, images) -> torch.Tensor:
+    """(N, K, C): per image, for each category k and colour c of the image label head, the largest over map
+    cells of p(k) * p(c): how sure the head is that one cell shows a c-coloured k."""
+    said = []
+    with torch.no_grad():
+        for i in range(0, len(images), 50):
+            pixels = processor.prepare_images([str(image) for image in images[i:i + 50]])["pixel_values"]
+            vision = model.model.encode_images(pixels)
+            categories = vision.image_label_logits.float().softmax(1)[:, :-1].flatten(2)  # (B, K, cells)
+            colours = vision.image_attribute_logits["colour"].float().softmax(1)[:, :-1].flatten(2)  # (B, C, cells)
+            said.append((categories[:, :, None] * colours[:, None]).amax(-1))
+    return torch.cat(said)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="a model folder (default: the built-in model)")
@@ -61,10 +78,14 @@ def main(argv: list[str] | None = None) -> int:
                  for split in SPLITS}
     images = sorted({q["image"] for qs in questions.values() for q in qs})
     # per image: (K,) each category's largest per-cell probability
-    largest = dict(zip(images, label_head_presence(model, processor, [world / "images" / name for name in images])))
+    paths = [world / "images" / name for name in images]
+    largest = dict(zip(images, label_head_presence(model, processor, paths)))
+    colour_names = list((model.config.image_attribute_names or {}).get("colour") or [])
+    joint = dict(zip(images, colour_presence(model, processor, paths))) if colour_names else {}
     print("| split | questions scored | left out (no category named) | ROC area | accuracy at 0.5 | "
           "best threshold: accuracy |\n|---|---|---|---|---|---|")
     scored_all: list[tuple[float, bool]] = []
+    colour_scores: list[float] = []  # colour questions (all "no" in the world's POPE)
     left_out_all = 0
     for split in (*SPLITS, "all"):
         if split == "all":
@@ -73,9 +94,15 @@ def main(argv: list[str] | None = None) -> int:
             scored, left_out = [], 0
             for q in questions[split]:
                 match = QUESTION.search(q["text"])
-                if match and match.group(1) in names:
-                    scored.append((float(largest[q["image"]][names.index(match.group(1))]), q["label"] == "yes"))
-                else:  # e.g. the adversarial split's colour questions: the marks name categories only
+                words = match.group(1).split() if match else []
+                if len(words) == 1 and words[0] in names:
+                    scored.append((float(largest[q["image"]][names.index(words[0])]), q["label"] == "yes"))
+                elif joint and len(words) == 2 and words[0] in colour_names and words[1] in names:
+                    score = float(joint[q["image"]][names.index(words[1]), colour_names.index(words[0])])
+                    scored.append((score, q["label"] == "yes"))
+                    if q["label"] == "no":
+                        colour_scores.append(score)
+                else:  # e.g. the adversarial split's colour questions when the marks name categories only
                     left_out += 1
             scored_all += scored
             left_out_all += left_out
@@ -85,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         best = max(thresholds, key=lambda t: accuracy(present, absent, t))
         print(f"| {split} | {len(scored)} | {left_out} | {auc(present, absent):.3f} | {accuracy(present, absent, 0.5):.3f} | "
               f"{best:.3f}: {accuracy(present, absent, best):.3f} |")
+    if colour_scores:
+        said_no = torch.tensor(colour_scores)
+        print(f"\nColour questions (\"no\" questions naming a present category in a colour it lacks): "
+              f"{len(colour_scores)}; said no at 0.5: {float((said_no <= 0.5).float().mean()):.3f}, "
+              f"at the best threshold of all ({best:.3f}): {float((said_no <= best).float().mean()):.3f}")
     return 0
 
 

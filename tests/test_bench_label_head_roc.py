@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -44,6 +46,23 @@ def test_report_scores_every_pope_split_of_a_saved_model(tokenizer, tmp_path, ca
         assert 0.0 <= float(row[3]) <= 1.0 and 0.0 <= float(row[4]) <= 1.0
         threshold, best = (float(v) for v in row[5].split(": "))
         assert 0.0 <= threshold <= 1.0 and float(row[4]) <= best <= 1.0
+
+    from regiongpt.data.synth.world import COLOUR_NAMES
+
+    coloured = make_model("tiny-clip-llama", tokenizer, image_label_names=list(CATEGORIES),
+                          image_label_token_ids=[[5]] * len(CATEGORIES),
+                          image_attribute_names={"colour": list(COLOUR_NAMES)},
+                          image_attribute_token_ids={"colour": [[6]] * len(COLOUR_NAMES)})
+    coloured.save_pretrained(tmp_path / "coloured")
+    make_processor(coloured, tokenizer).save_pretrained(tmp_path / "coloured")
+    assert roc.main(["--model", str(tmp_path / "coloured"), "--world", str(world)]) == 0
+    out = capsys.readouterr().out
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines()
+            if line.startswith("| ") and not line.startswith("| split")]
+    adversarial = [json.loads(line) for line in (world / "pope" / "synth_pope_adversarial.jsonl").open()]
+    colour_questions = sum(len(roc.QUESTION.search(q["text"]).group(1).split()) == 2 for q in adversarial)
+    assert int(rows[2][2]) == 0 and int(rows[2][1]) == asked[2]  # with a colour head, colour questions are scored
+    assert colour_questions and f"lacks): {colour_questions}; said no at 0.5" in out  # the world asks some
 
     plain = make_model("tiny-clip-llama", tokenizer)
     plain.save_pretrained(tmp_path / "plain")

@@ -407,6 +407,49 @@ def test_image_label_context_layers_let_a_cell_see_its_neighbours(tokenizer, ima
         make_model("tiny-clip-llama", tokenizer, image_label_token_ids=names, image_label_context_layers=-1)
 
 
+def test_image_attribute_marks_add_the_value_names_each_cell_shows(tokenizer, image, tmp_path):
+    """image_attribute_token_ids: one more per-cell classifier per field on the same context map; each
+    image token gets the field's value names, weighted by their largest probability in its cells,
+    on top of the category marks, each field rescaled on its own; the marks carry no gradient."""
+    names, colours = [[7], [8, 9]], {"colour": [[10], [11], [12]]}
+    categories_only = make_model("tiny-clip-llama", tokenizer, image_label_names=["star", "heart"],
+                                 image_label_token_ids=names, image_label_context_layers=1)
+    model = make_model("tiny-clip-llama", tokenizer, image_label_names=["star", "heart"], image_label_token_ids=names,
+                       image_label_context_layers=1, image_attribute_names={"colour": ["red", "blue", "green"]},
+                       image_attribute_token_ids=colours)
+    state = {k: v for k, v in model.state_dict().items() if "attribute_heads" not in k}
+    categories_only.load_state_dict(state)  # the same model but for the colour classifier
+    head = model.model.image_label_head
+    assert set(head.attribute_heads) == {"colour"} and head.attribute_heads["colour"].out_channels == 4
+    with torch.no_grad():  # sure of "blue" in every cell, and of the background next
+        head.attribute_heads["colour"].weight.zero_()
+        head.attribute_heads["colour"].bias.copy_(torch.tensor([0.0, 30.0, 0.0, 0.0]))
+    processor = make_processor(model, tokenizer)
+    pixels = processor(images=image, text="<image>\nhi")["pixel_values"]
+    out = model.model.encode_images(pixels)
+    base = categories_only.model.encode_images(pixels)
+    torch.testing.assert_close(out.image_label_logits, base.image_label_logits)
+    assert set(out.image_attribute_logits) == {"colour"} and out.image_attribute_logits["colour"].shape[1] == 4
+    table = model.get_input_embeddings().weight
+    unmarked = model.model.connector(out.image_features)  # the tokens before any mark
+    length = unmarked.detach().norm(dim=-1, keepdim=True)
+    blue = table[11] * length / table[10:13].norm(dim=-1).mean()
+    torch.testing.assert_close(out.image_embeds - base.image_embeds, blue, atol=1e-4, rtol=1e-4)
+    out.image_embeds.sum().backward()
+    grad = head.attribute_heads["colour"].weight.grad
+    assert grad is None or grad.abs().sum() == 0  # marks are detached
+    model.save_pretrained(tmp_path / "colour")  # the classifier and its names travel with the checkpoint
+    again = type(model).from_pretrained(tmp_path / "colour")
+    assert again.config.image_attribute_names == {"colour": ["red", "blue", "green"]}
+    with torch.no_grad():
+        torch.testing.assert_close(again.model.encode_images(pixels).image_embeds, out.image_embeds)
+    with pytest.raises(ValueError, match="image_attribute_token_ids needs image_label_token_ids"):
+        make_model("tiny-clip-llama", tokenizer, image_attribute_token_ids=colours)
+    with pytest.raises(ValueError, match=r"image_attribute_names\['colour'\] has 1 names"):
+        make_model("tiny-clip-llama", tokenizer, image_label_token_ids=names, image_attribute_token_ids=colours,
+                   image_attribute_names={"colour": ["red"]})
+
+
 def test_region_label_marks_add_the_names_of_what_the_region_head_predicts(tokenizer, image):
     """Region tokens get, per field, softmax(head(pooled)) @ mean-embedding(names), each field rescaled to the
     token's length over sqrt(fields); the probabilities carry no gradient."""

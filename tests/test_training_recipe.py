@@ -409,6 +409,60 @@ def test_image_labels_train_the_models_own_head_and_travel_with_the_checkpoint(w
                                    recipe.model.model.encode_images(pixels).image_embeds)
 
 
+def test_image_attributes_train_the_models_colour_classifier_in_pretraining_and_with_the_language_model(world, tmp_path):
+    from regiongpt.data.synth.world import CATEGORIES, COLOUR_NAMES
+    from regiongpt.training.region_pretrain import pretrain_region_path
+
+    recipe = make_recipe(world, tmp_path / "col", "train.max_steps=2", "data.val=[]", "train.segmentation_weight=1.0",
+                         "train.region_aux_weight=0.5", "checkpoint.every_steps=2",
+                         f"model.image_labels=[{','.join(CATEGORIES)}]",
+                         f"model.image_attributes={{colour: [{','.join(COLOUR_NAMES)}]}}",
+                         "train.trainable=[feature_refiner,connector,language_model,vision_tower]")
+    config = recipe.model.config
+    assert config.image_attribute_names == {"colour": list(COLOUR_NAMES)}
+    words = [recipe.processor.tokenizer.decode(ids) for ids in config.image_attribute_token_ids["colour"]]
+    assert words == [f" {c}" for c in COLOUR_NAMES]
+    classifier = recipe.model.model.image_label_head.attribute_heads["colour"]
+    assert set(recipe.region_aux.attribute_segmentation) == {"colour"}
+    from regiongpt.training.builders import build_train_loader
+
+    batch = next(iter(build_train_loader(recipe.train_dataset, recipe.processor, recipe.config, 0, 1, 0, 1)))
+    vision = recipe.model.model.encode_images(batch.inputs["pixel_values"])
+    with_colour = recipe.region_aux.segmentation_loss(vision.region_maps, batch.inputs["region_masks"],
+                                                      batch.inputs["region_image_index"], batch.region_labels,
+                                                      vision.image_label_logits, vision.image_attribute_logits)
+    no_colour = recipe.region_aux.segmentation_loss(
+        vision.region_maps, batch.inputs["region_masks"], batch.inputs["region_image_index"],
+        [{k: v for k, v in r.items() if k != "colour"} for r in batch.region_labels], vision.image_label_logits,
+        vision.image_attribute_logits)
+    assert with_colour > no_colour  # regions' colours are targets of the colour classifier
+    with_colour.backward()
+    assert classifier.weight.grad is not None and classifier.weight.grad.abs().sum() > 0
+    recipe.model.zero_grad(set_to_none=True)
+
+    before = classifier.weight.detach().clone()
+    recipe.train()
+    assert not torch.equal(classifier.weight, before)  # trained beside the language model
+    saved = AutoModelForImageTextToText.from_pretrained(tmp_path / "col" / "ckpt-000002")
+    torch.testing.assert_close(saved.model.image_label_head.attribute_heads["colour"].weight, classifier.weight)
+    assert saved.config.image_attribute_names == {"colour": list(COLOUR_NAMES)}
+
+    before = classifier.weight.detach().clone()
+    pretrain_region_path(recipe.model, recipe.processor, recipe.train_samples, 2, 1e-3, 2, 0, recipe.device,
+                         segmentation_weight=1.0)
+    assert not torch.equal(classifier.weight, before)  # and in the region-path pretraining
+
+
+def test_image_attributes_need_image_labels_and_value_lists(world, tmp_path):
+    with pytest.raises(InvalidInputError, match="'model.image_attributes' adds classifiers to the image label head"):
+        make_recipe(world, tmp_path / "a", "train.max_steps=1", "train.segmentation_weight=1.0",
+                    "train.region_aux_weight=0.5", "model.image_attributes={colour: [red, blue]}")
+    with pytest.raises(InvalidInputError, match="'model.image_attributes' maps each region attribute"):
+        make_recipe(world, tmp_path / "b", "train.max_steps=1", "train.segmentation_weight=1.0",
+                    "train.region_aux_weight=0.5", "model.image_labels=[circle, star]",
+                    "model.image_attributes={colour: [red]}")
+
+
 def test_region_labels_train_the_models_own_head_from_pretraining_on_and_travel_with_the_checkpoint(world, tmp_path):
     from regiongpt.data.synth.world import CATEGORIES, COLOUR_NAMES
 

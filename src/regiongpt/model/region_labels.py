@@ -68,26 +68,27 @@ class RegionLabelHead(nn.Module):
         return total * scale
 
 
-def validate_region_label_token_ids(ids: object, names: object = None) -> None:
+def validate_region_label_token_ids(ids: object, names: object = None, setting: str = "region_label") -> None:
     """Raise ValueError unless ``ids`` maps field names to lists of non-empty token-id lists (and
-    ``names``, when given, has the same fields with one name per entry)."""
+    ``names``, when given, has the same fields with one name per entry). ``setting``: the config
+    fields' prefix the messages name (``{setting}_token_ids``, ``{setting}_names``)."""
     ok = isinstance(ids, dict) and ids and all(
         isinstance(field, str) and isinstance(values, (list, tuple)) and len(values) >= 2 and all(
             isinstance(name, (list, tuple)) and name and all(isinstance(i, int) and i >= 0 for i in name)
             for name in values)
         for field, values in ids.items())
     if not ok:
-        raise ValueError("region_label_token_ids must map each field (e.g. 'colour') to a list of at least two "
+        raise ValueError(f"{setting}_token_ids must map each field (e.g. 'colour') to a list of at least two "
                          f"non-empty lists of token ids (ints >= 0), one per value name; got {ids!r}")
     if names is None:
         return
     if not isinstance(names, dict) or set(names) != set(ids):
-        raise ValueError(f"region_label_names must name the same fields as region_label_token_ids "
+        raise ValueError(f"{setting}_names must name the same fields as {setting}_token_ids "
                          f"({sorted(ids)}), got {names!r}")
     for field, values in ids.items():
         if len(names[field]) != len(values):
-            raise ValueError(f"region_label_names['{field}'] has {len(names[field])} names but "
-                             f"region_label_token_ids['{field}'] {len(values)} entries; give one per value")
+            raise ValueError(f"{setting}_names['{field}'] has {len(names[field])} names but "
+                             f"{setting}_token_ids['{field}'] {len(values)} entries; give one per value")
 
 
 __all__ = ["RegionLabelHead", "name_embeddings", "validate_region_label_token_ids"]

@@ -107,6 +107,11 @@ def build_model_and_processor(
     if config.image_labels:
         overrides["image_label_names"] = list(config.image_labels)
         overrides["image_label_token_ids"] = label_token_ids(tokenizer, config.image_labels)
+    if config.image_attributes:
+        overrides["image_attribute_names"] = {field: list(names) for field, names in config.image_attributes.items()}
+        overrides["image_attribute_token_ids"] = {
+            field: label_token_ids(tokenizer, names, f"model.image_attributes.{field}")
+            for field, names in config.image_attributes.items()}
     if config.region_labels:
         overrides["region_label_names"] = {field: list(names) for field, names in config.region_labels.items()}
         overrides["region_label_token_ids"] = {

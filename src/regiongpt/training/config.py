@@ -70,6 +70,13 @@ class ModelConfig:
         "the input embeddings of the names of the categories it sees, so a small model can match a question's "
         "\"Is there a star\" against the cells that hold one (model/image_labels.py). Every training region's "
         "category must be one of them. Empty = off.", default_factory=list)
+    image_attributes: dict[str, list[str]] = _doc(
+        "For a preset with `model.image_labels`: value names per region attribute (e.g. `{colour: [red, blue, "
+        "...]}`) that the image label head also predicts per cell (the model's `image_attribute_names`); image "
+        "tokens are then marked with the names of the values their cells show too, so \"Is there a purple "
+        "triangle?\" can tell a purple triangle from a blue one. Trained by the per-cell loss "
+        "(`train.segmentation_weight`) like the categories; regions whose value is not listed are left out "
+        "of its targets. Empty = off.", default_factory=dict)
     region_labels: dict[str, list[str]] = _doc(
         "For a preset: value names per labelled region field for a region label head (the model's "
         "`region_label_names`), e.g. `{colour: [red, blue, ...], category: [circle, ...]}`: one linear head per "
@@ -835,6 +842,17 @@ def validate_config(config: TrainingConfig) -> None:
     if config.model.image_labels and not t.segmentation_weight:
         raise InvalidInputError("'model.image_labels' adds an image label head that only the per-cell category loss "
                                 "trains: set 'train.segmentation_weight' (e.g. 2.0), or drop 'model.image_labels'")
+    if config.model.image_attributes:
+        attributes = config.model.image_attributes
+        if not isinstance(attributes, dict) or not all(
+                isinstance(f, str) and f != "category" and isinstance(v, list) and len(v) >= 2
+                and all(isinstance(name, str) and name.strip() for name in v) for f, v in attributes.items()):
+            raise InvalidInputError("'model.image_attributes' maps each region attribute (not category: "
+                                    "model.image_labels names those) to a list of at least two value names, e.g. "
+                                    f"{{colour: [red, blue]}}; got {attributes!r}")
+        if not config.model.image_labels:
+            raise InvalidInputError("'model.image_attributes' adds classifiers to the image label head: set "
+                                    "'model.image_labels' too, or drop 'model.image_attributes'")
     if t.region_label_weight < 0:
         raise InvalidInputError(f"'train.region_label_weight' must be >= 0 (0 = off), got {t.region_label_weight}")
     if config.model.region_labels:

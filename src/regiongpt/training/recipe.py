@@ -513,7 +513,8 @@ class TrainingRecipe:
                     if vision is not None:
                         aux = aux + self.region_aux.segmentation_loss(vision.region_maps, b.inputs["region_masks"],
                                                                       b.inputs["region_image_index"], b.region_labels,
-                                                                      vision.image_label_logits)
+                                                                      vision.image_label_logits,
+                                                                      vision.image_attribute_logits)
                     total = total + aux * (self.config.train.region_aux_weight / len(micro))
                     aux_sum += float(aux.detach()) / len(micro)
                 if self.region_label_loss is not None and outputs.region_embeds is not None:

@@ -32,7 +32,7 @@ from regiongpt.data.native import NativeSample
 
 from .metrics import IGNORE_INDEX as IGNORE
 from .region_pretrain import PretrainLabels, image_cell_loss, image_cell_targets
-from .segmentation import SegmentationHead
+from .segmentation import SegmentationHead, attribute_segmentation_heads
 
 
 def region_label_record(region: Any) -> dict[str, str]:
@@ -68,6 +68,10 @@ class RegionAuxiliaryHeads(nn.Module):
                                            segmentation_peak_targets, segmentation_object_cells) if model is not None
                 else SegmentationHead(vision_width, classes["category"], presence_weight=segmentation_presence_weight,
                                       peak_targets=segmentation_peak_targets, object_cells=segmentation_object_cells))
+        # the model's image attribute classifiers (model.image_attributes), trained like its categories
+        self.attribute_segmentation = (
+            attribute_segmentation_heads(model, segmentation_peak_targets, segmentation_object_cells)
+            if segmentation_weight and model is not None else nn.ModuleDict())
 
     @classmethod
     def from_samples(cls, samples: Sequence[NativeSample], attributes: Sequence[str], width: int,
@@ -89,13 +93,19 @@ class RegionAuxiliaryHeads(nn.Module):
 
     def segmentation_loss(self, region_maps: torch.Tensor, region_masks: torch.Tensor,
                           region_image_index: torch.Tensor, records: Sequence[Mapping[str, str]],
-                          logits: torch.Tensor | None = None) -> torch.Tensor:
-        """The refined map's per-cell category loss (``segmentation.py``), times ``segmentation_weight``
-        (``logits``: the model's image label logits when it computed them)."""
+                          logits: torch.Tensor | None = None,
+                          attribute_logits: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The refined map's per-cell category loss (``segmentation.py``) and, when the model's image label
+        head has attribute fields, their per-cell losses, times ``segmentation_weight`` (``logits``,
+        ``attribute_logits``: the model's image label logits when it computed them)."""
         if self.segmentation is None:
             return region_maps.new_zeros(())
-        return self.segmentation_weight * self.segmentation.loss(
-            region_maps, region_masks, region_image_index, SegmentationHead.categories_of(records), logits)
+        loss = self.segmentation.loss(region_maps, region_masks, region_image_index,
+                                      SegmentationHead.categories_of(records), logits)
+        for field, head in self.attribute_segmentation.items():
+            loss = loss + head.loss(region_maps, region_masks, region_image_index, [r.get(field) for r in records],
+                                    (attribute_logits or {}).get(field))
+        return self.segmentation_weight * loss
 
     def image_loss(self, image_embeds: torch.Tensor, region_masks: torch.Tensor, region_image_index: torch.Tensor,
                    records: Sequence[Mapping[str, str]]) -> torch.Tensor:

@@ -38,7 +38,7 @@ from regiongpt.processing.geometry import nonzero_bounds
 
 from .lr_schedule import cosine_factor
 from .region_labels import RegionLabelLoss
-from .segmentation import SegmentationHead
+from .segmentation import SegmentationHead, attribute_segmentation_heads
 
 CELL_COVER_THRESHOLD = 0.02  # fraction of an image-token cell a region must cover to count as present there
 
@@ -264,7 +264,10 @@ def pretrain_region_path(model: nn.Module, processor, samples: Sequence[NativeSa
                                                   segmentation_presence_weight, segmentation_peak_targets,
                                                   segmentation_object_cells)
         trained += list(segmentation.parameters())
-    for part in (heads, image_head, segmentation):
+    # the model's image attribute classifiers (model.image_attributes): their parameters are the model's
+    attribute_segmentation = (attribute_segmentation_heads(model, segmentation_peak_targets, segmentation_object_cells)
+                              if segmentation_weight else nn.ModuleDict())
+    for part in (heads, image_head, segmentation, attribute_segmentation):
         if part is not None:
             part.to(device)
     optimizer = torch.optim.AdamW(trained, lr=lr, foreach=True)
@@ -301,6 +304,10 @@ def pretrain_region_path(model: nn.Module, processor, samples: Sequence[NativeSa
                 loss = loss + segmentation_weight * segmentation.loss(vision.region_maps, masks, image_index,
                                                                       [r.category for r in regions],
                                                                       vision.image_label_logits)
+            for field, head in attribute_segmentation.items():
+                loss = loss + segmentation_weight * head.loss(vision.region_maps, masks, image_index,
+                                                              [region_label(r, field) for r in regions],
+                                                              (vision.image_attribute_logits or {}).get(field))
             if label_loss is not None:
                 if heads_on == "features":  # encode_regions (which runs the head) was not called
                     model.model.region_label_head(features)

@@ -173,4 +173,35 @@ class SegmentationHead(nn.Module):
         return [r.get("category") for r in records]
 
 
-__all__ = ["SegmentationHead", "object_balance_weights", "region_shares", "segmentation_cover", "segmentation_targets"]
+class ImageAttributeLogits(nn.Module):
+    """One attribute field's per-cell logits from a model's image label head (``model.image_attributes``):
+    the ``model_head`` of that field's :class:`SegmentationHead`."""
+
+    def __init__(self, label_head: nn.Module, field: str):
+        super().__init__()
+        self._label_head = (label_head,)  # not registered: the model's optimiser trains it
+        self.field = field
+
+    def forward(self, region_maps: torch.Tensor) -> torch.Tensor:  # (B, C, h, w) -> (B, K_field+1, h, w)
+        return self._label_head[0].classify(region_maps)[1][self.field]
+
+
+def attribute_segmentation_heads(model: nn.Module, peak_targets: bool = False,
+                                 object_cells: float = 0.0) -> nn.ModuleDict:
+    """Per attribute field of the model's image label head (``model.image_attributes``, e.g. colour), the
+    per-cell loss that trains it: the category loss's targets and weights with the field's values in
+    place of categories, without the image-level presence term (what a colour question needs is the
+    colour where the category is, not whether the colour is anywhere). Empty when the model has none."""
+    label_head = model.model.image_label_head
+    names = model.config.image_attribute_names or {}
+    if label_head is None or not names:
+        return nn.ModuleDict()
+    return nn.ModuleDict({
+        field: SegmentationHead(model.config.vision_feature_dim, values,
+                                model_head=ImageAttributeLogits(label_head, field), peak_targets=peak_targets,
+                                object_cells=object_cells)
+        for field, values in names.items()})
+
+
+__all__ = ["ImageAttributeLogits", "SegmentationHead", "attribute_segmentation_heads", "object_balance_weights",
+           "region_shares", "segmentation_cover", "segmentation_targets"]

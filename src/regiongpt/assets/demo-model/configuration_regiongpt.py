@@ -111,6 +111,12 @@ class RegionGPTConfig(PreTrainedConfig):
         image_label_context_layers: depthwise-separable 3x3 convolutions (dilations 1, 2, 4, ...) the image label head
             runs on the refined map before its per-cell classifier, so a cell's category is read
             from the shape around it, not the cell alone (0 = a 1x1 classifier only).
+        image_attribute_names: per attribute field (e.g. "colour"), the value names the image label
+            head also predicts per cell, in its class order (saved so a checkpoint says what it predicts).
+        image_attribute_token_ids: per attribute field, the token ids of each value name as a question
+            writes it. Set (with ``image_label_token_ids``): image tokens are also marked with the names
+            of the values their cells show, so "Is there a purple triangle?" can tell a purple triangle
+            from a blue one (image_labels.py). Empty = off.
         region_label_names: per labelled field (e.g. "category", "colour"), the value names a region
             label head knows, in its class order (saved so a checkpoint says what it predicts).
         region_label_token_ids: per field, the token ids of each value name as a phrase writes it.
@@ -164,6 +170,8 @@ class RegionGPTConfig(PreTrainedConfig):
     image_label_names: list[str] | None = None
     image_label_token_ids: list[list[int]] | None = None
     image_label_context_layers: int = 0
+    image_attribute_names: dict[str, list[str]] | None = None
+    image_attribute_token_ids: dict[str, list[list[int]]] | None = None
     region_label_names: dict[str, list[str]] | None = None
     region_label_token_ids: dict[str, list[list[int]]] | None = None
     projector_hidden_act: str = "gelu"
@@ -237,6 +245,12 @@ class RegionGPTConfig(PreTrainedConfig):
             if names is not None and len(names) != len(self.image_label_token_ids):
                 raise ValueError(f"image_label_names has {len(names)} names but image_label_token_ids "
                                  f"{len(self.image_label_token_ids)} entries; give one per category")
+        if self.image_attribute_token_ids:
+            if not self.image_label_token_ids:
+                raise ValueError("image_attribute_token_ids needs image_label_token_ids: the attribute classifiers "
+                                 "are part of the image label head; set both, or drop image_attribute_token_ids")
+            validate_region_label_token_ids(self.image_attribute_token_ids, self.image_attribute_names,
+                                            setting="image_attribute")
         if self.region_label_token_ids:
             validate_region_label_token_ids(self.region_label_token_ids, self.region_label_names)
         if self.region_shape_context and not self.region_shape_pixels:

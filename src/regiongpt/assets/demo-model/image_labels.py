@@ -19,6 +19,12 @@ match-the-same-token attention small language models learn first (the trick
 ``region_number_token_ids`` plays for REC answers, region_number.py). The probabilities are
 detached: the head is taught by the category loss alone, so the marks stay labels.
 Off by default (a 7B model reading CLIP features does not need it).
+
+With ``image_attribute_token_ids`` (e.g. colours) one more 1x1 classifier per attribute field reads
+the same context-mixed map and marks each token with the names of the values its cells show, the
+same way: "Is there a purple triangle?" beside a blue one asks for a token that holds both " purple"
+and " triangle", which category marks alone cannot tell apart from one that holds " blue" and
+" triangle" (the built-in model answered those questions at about chance, bench/demo_model.md).
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ from .region_labels import name_embeddings
 class ImageLabelHead(nn.Module):
     """Per-cell category logits on the refined map and the name marks they put on image tokens."""
 
-    def __init__(self, channels: int, token_ids: list[list[int]], context_layers: int = 0):
+    def __init__(self, channels: int, token_ids: list[list[int]], context_layers: int = 0,
+                 attribute_token_ids: dict[str, list[list[int]]] | None = None):
         super().__init__()
         self.n_labels = len(token_ids)
         # residual depthwise-separable 3x3 convolutions, dilations 1, 2, 4, ...: a cell sees the shape it is
@@ -43,26 +50,51 @@ class ImageLabelHead(nn.Module):
                           nn.Conv2d(channels, channels, kernel_size=1))
             for i in range(context_layers))
         self.head = nn.Conv2d(channels, self.n_labels + 1, kernel_size=1)
+        attribute_token_ids = attribute_token_ids or {}
+        # per attribute field, its values and, last, the background
+        self.attribute_heads = nn.ModuleDict({field: nn.Conv2d(channels, len(ids) + 1, kernel_size=1)
+                                              for field, ids in attribute_token_ids.items()})
         # plain lists, not buffers: from_pretrained leaves non-persistent buffers uninitialised
         self.token_ids = [list(ids) for ids in token_ids]
+        self.attribute_token_ids = {field: [list(name) for name in ids] for field, ids in attribute_token_ids.items()}
 
-    def forward(self, region_maps: torch.Tensor) -> torch.Tensor:  # (B, C, h, w) -> (B, K+1, h, w)
-        """Per-cell logits of the K categories and, last, the background."""
+    def _context(self, region_maps: torch.Tensor) -> torch.Tensor:  # (B, C, h, w)
         x = region_maps.to(self.head.weight.dtype)
         for conv in self.context:
             x = x + F.gelu(conv(x))
-        return self.head(x)
+        return x
+
+    def forward(self, region_maps: torch.Tensor) -> torch.Tensor:  # (B, C, h, w) -> (B, K+1, h, w)
+        """Per-cell logits of the K categories and, last, the background."""
+        return self.head(self._context(region_maps))
+
+    def classify(self, region_maps: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The category logits of :meth:`forward` and, per attribute field, (B, K_field+1, h, w)
+        per-cell logits of its values and, last, the background; one pass of the context layers."""
+        x = self._context(region_maps)
+        return self.head(x), {field: head(x) for field, head in self.attribute_heads.items()}
 
     def marks(self, logits: torch.Tensor, grid: int, embeddings: nn.Embedding,
-              image_embeds: torch.Tensor) -> torch.Tensor:  # (B, grid*grid, D)
+              image_embeds: torch.Tensor,
+              attribute_logits: dict[str, torch.Tensor] | None = None) -> torch.Tensor:  # (B, grid*grid, D)
         """Each image token's mark: sum over categories of (the category's largest probability in the
         token's cells) x (its name's mean input embedding), rescaled so that a sure label is as long
         as the token's own embedding (``image_embeds``, (B, grid*grid, D); the connector's output is
         ~300x longer in the built-in model than an input embedding, which would hide the mark). ``logits``: (B, K+1, h, w)
-        from :meth:`forward`; ``grid``: the image-token grid side."""
-        probs = logits.detach().float().softmax(dim=1)[:, : self.n_labels]  # (B, K, h, w)
+        from :meth:`forward`; ``grid``: the image-token grid side. ``attribute_logits`` (from :meth:`classify`):
+        each attribute field adds its values' marks the same way, each rescaled on its own."""
+        marks = self._field_marks(logits, self.token_ids, grid, embeddings, image_embeds)
+        for field, field_logits in (attribute_logits or {}).items():
+            marks = marks + self._field_marks(field_logits, self.attribute_token_ids[field], grid, embeddings,
+                                              image_embeds)
+        return marks
+
+    @staticmethod
+    def _field_marks(logits: torch.Tensor, token_ids: list[list[int]], grid: int, embeddings: nn.Embedding,
+                     image_embeds: torch.Tensor) -> torch.Tensor:  # (B, grid*grid, D)
+        probs = logits.detach().float().softmax(dim=1)[:, : len(token_ids)]  # (B, K, h, w): background dropped
         probs = F.adaptive_max_pool2d(probs, grid).flatten(2).transpose(1, 2)  # (B, grid*grid, K)
-        names = name_embeddings(self.token_ids, embeddings)  # (K, D)
+        names = name_embeddings(token_ids, embeddings)  # (K, D)
         scale = image_embeds.detach().float().norm(dim=-1, keepdim=True) / names.detach().float().norm(dim=-1).mean()
         return (probs.to(names.dtype) @ names) * scale.to(names.dtype)
 

@@ -54,6 +54,8 @@ class VisionFeatures(ModelOutput):
     coarse_maps: torch.Tensor | None = None  # (B, C, g, g) vision grid (RoI ablation)
     pixel_values: torch.Tensor | None = None  # (B, 3, S, S) the input, kept when the shape encoder reads pixels
     image_label_logits: torch.Tensor | None = None  # (B, K+1, g*f, g*f) per-cell categories (image label head)
+    # per attribute field of the image label head, (B, K_field+1, g*f, g*f) per-cell values
+    image_attribute_logits: dict[str, torch.Tensor] | None = None
 
 
 @dataclass
@@ -122,7 +124,7 @@ class RegionGPTModel(RegionGPTPreTrainedModel):
         )
         self.image_label_head = (
             ImageLabelHead(config.vision_feature_dim, config.image_label_token_ids,
-                           config.image_label_context_layers)
+                           config.image_label_context_layers, config.image_attribute_token_ids)
             if config.image_label_token_ids else None
         )
         self.region_label_head = (
@@ -162,17 +164,18 @@ class RegionGPTModel(RegionGPTPreTrainedModel):
         image_map = self.feature_refiner.image_map(coarse, branch, config.image_grid_size)  # (B, C, m, m)
         image_tokens = image_map.flatten(2).transpose(1, 2)  # (B, m*m, C)
         image_embeds = self.connector(image_tokens)  # (B, m*m, D)
-        label_logits = None
+        label_logits = attribute_logits = None
         if self.image_label_head is not None:
-            label_logits = self.image_label_head(refined)  # (B, K+1, g*f, g*f)
+            label_logits, attribute_logits = self.image_label_head.classify(refined)  # (B, K+1, g*f, g*f), ...
             marks = self.image_label_head.marks(label_logits, config.image_grid_size, self.get_input_embeddings(),
-                                                image_embeds)
+                                                image_embeds, attribute_logits)
             image_embeds = image_embeds + marks.to(image_embeds.dtype)
+            attribute_logits = attribute_logits or None
         keep_pixels = self.region_shape_encoder is not None and self.region_shape_encoder.pixels
         return VisionFeatures(image_embeds=image_embeds, image_features=image_tokens,
                               region_maps=refined, coarse_maps=coarse,
                               pixel_values=pixel_values if keep_pixels else None,
-                              image_label_logits=label_logits)
+                              image_label_logits=label_logits, image_attribute_logits=attribute_logits)
 
     def pool_regions(
         self,
