@@ -5,7 +5,8 @@
 
 Builds the recipe from ``configs/demo.yaml`` (or ``--config``) on the world's native files,
 without region pretraining and with every task from step 0 (the recipe's slowest phase), and
-times ``TrainingRecipe.train_step`` over ``--steps`` batches after two warm-up steps.
+times ``TrainingRecipe.train_step`` over ``--steps`` batches after two warm-up steps
+(``train.padding_free=false`` times the padded batches the language model ran on before).
 ``--attention sdpa`` switches the language model back from turn attention
 (``training/turn_attention.py``) to SDPA with the dense independent-turn mask, for comparison;
 ``--profile`` prints a torch.profiler table of three more steps. ``--pretrain`` times a step of
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             recipe.model.model.language_model.set_attn_implementation("sdpa")
         batches = iter(build_train_loader(recipe.train_dataset, recipe.processor, config, 0, args.steps + 5, 0, 1))
         recipe.model.train()
-        seconds, tokens = [], []
+        seconds, tokens, real = [], [], []
         for step in range(args.steps + 2):
             batch = next(batches)
             started = time.perf_counter()
@@ -61,9 +62,11 @@ def main(argv: list[str] | None = None) -> int:
             if step >= 2:  # warm-up: first allocations
                 seconds.append(time.perf_counter() - started)
                 tokens.append(batch.inputs["input_ids"].numel())
-        print(json.dumps({"attention": args.attention, "steps": len(seconds),
-                          "seconds_per_step": round(sum(seconds) / len(seconds), 3),
-                          "padded_tokens_per_step": sum(tokens) // len(tokens)}))
+                real.append(batch.tokens)
+        print(json.dumps({"attention": args.attention, "padding_free": recipe._padding_free(batch),
+                          "steps": len(seconds), "seconds_per_step": round(sum(seconds) / len(seconds), 3),
+                          "padded_tokens_per_step": sum(tokens) // len(tokens),
+                          "real_tokens_per_step": sum(real) // len(real)}))
         if args.profile:
             from torch.profiler import ProfilerActivity, profile
 

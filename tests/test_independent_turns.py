@@ -9,7 +9,8 @@ from PIL import Image
 from regiongpt.training.data import PackedImage, PackedSequence, QAPair, RegionCollator, SequenceLength, answer_runs
 from regiongpt.training.independent_turns import (TURN_ATTENTION, attention_mask_for, format_sequence, pairs_to_turns,
                                                   segment_mask, split_pairs, turn_layout)
-from regiongpt.training.turn_attention import use_turn_attention
+from regiongpt.training.rec_pointer import AttentionInputCapture
+from regiongpt.training.turn_attention import use_turn_attention, without_padding
 
 from conftest import make_model, make_processor, randomise_refiner
 
@@ -177,3 +178,46 @@ def test_turn_layout_needs_ordinary_turns_before_independent_ones(tokenizer):
     # an ordinary turn after an independent one: only the dense mask describes it
     assert turn_layout(ids, index, [False, True, False, True, True], processor.image_token_id) is None
     assert turn_layout(ids, index, [False] * 5, processor.image_token_id) is None  # nothing independent
+
+
+def test_padding_free_turn_attention_equals_the_padded_batch_with_its_gradients(tokenizer):
+    """train.padding_free: the language model on the real tokens only, as one row, gives the padded
+    run's logits, gradients and captured attention inputs (what the pointer losses recompute from)."""
+    model = make_model("tiny-clip-llama", tokenizer)
+    randomise_refiner(model)
+    use_turn_attention(model.model.language_model)
+    processor = make_processor(model, tokenizer)
+    batch = _two_images(processor)
+    real = batch.padding_mask
+    assert not real.all() and int(real.sum()) == batch.tokens
+    capture = AttentionInputCapture(model.model.language_model.layers[1].self_attn)
+    rows, queries = [0, 1, 1], [int(real[0].sum()) - 2, int(real[1].sum()) - 1, 40]
+    visible = torch.stack([batch.inputs["attention_mask"][r, 0, q] for r, q in zip(rows, queries)])
+    results = []
+    for free in (False, True):
+        model.zero_grad()
+        inputs = {k: v for k, v in batch.inputs.items() if k != "labels"}
+        inputs["logits_to_keep"] = real
+        if free:
+            inputs = without_padding(inputs, real)
+            assert inputs["token_index"].shape == (batch.tokens,) and inputs["position_ids"].shape == (1, batch.tokens)
+        logits = model(**inputs).logits  # (R, V)
+        assert capture.hidden.shape[:2] == real.shape  # the capture sees the padded batch either way
+        attention, written = capture.rows_attention(rows, queries, 2, visible)
+        (logits ** 2).mean().backward(retain_graph=True)
+        (written ** 2).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((logits.detach(), capture.hidden[real].detach(), attention.detach(), grads))
+    (want, want_hidden, want_attention, want_grads), (got, got_hidden, got_attention, got_grads) = results
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(got_hidden, want_hidden, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(got_attention, want_attention, atol=1e-5, rtol=1e-4)
+    assert want_grads.keys() == got_grads.keys() and len(want_grads) > 10
+    for name, grad in want_grads.items():
+        torch.testing.assert_close(got_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+    with pytest.raises(ValueError, match="already padding-free"):
+        without_padding(dict(inputs), real)
+    with pytest.raises(ValueError, match="lies in the padding"):
+        batch.inputs["turn_layout"].without_padding(torch.zeros_like(real))
+    with pytest.raises(ValueError, match=r"token_index needs position_ids of shape \(1, R\)"):
+        model(**{**inputs, "position_ids": None})

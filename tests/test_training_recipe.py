@@ -625,6 +625,31 @@ def test_independent_turns_train_and_evaluate_through_the_recipe(world, tmp_path
         make_recipe(world, tmp_path / "bad", "train.max_steps=1", "data.independent_tasks=[existance]")
 
 
+def test_padding_free_steps_equal_padded_ones_with_every_pointer(world, tmp_path):
+    """train.padding_free (the default with independent turns) changes how much the language model
+    computes, not what a step learns: the same batch gives the same losses, pointer losses and
+    gradient norm as the padded batch."""
+    from regiongpt.data.synth.world import CATEGORIES
+
+    common = ["train.max_steps=1", "data.val=[]", "data.independent_tasks=[rec, existence]",
+              f"model.image_labels=[{','.join(CATEGORIES)}]", "model.region_number_tokens=9",
+              "train.segmentation_weight=1.0", "train.region_aux_weight=0.5", "train.rec_pointer_weight=1.0",
+              "train.rec_pointer_attribute_head=1", "train.existence_pointer_weight=1.0",
+              "train.describe_pointer_weight=1.0", "train.describe_pointer_head=2", "train.phrase_pointer_weight=1.0"]
+    metrics = []
+    for free in (False, True):
+        recipe = make_recipe(world, tmp_path / f"free-{free}", *common, f"train.padding_free={str(free).lower()}")
+        batch = next(iter(build_train_loader(recipe.train_dataset, recipe.processor, recipe.config, 0, 1)))
+        assert not batch.padding_mask.all() and recipe._padding_free(batch) == free
+        metrics.append(recipe.train_step([batch]))
+    padded, free = metrics
+    compared = [k for k in padded if k.endswith("_loss") or k in ("loss", "grad_norm")]
+    assert {"rec_pointer_attention_loss", "existence_pointer_attention_loss", "describe_pointer_attention_loss",
+            "phrase_pointer_attention_loss", "region_aux_loss", "grad_norm"} <= set(compared)
+    for key in compared:
+        assert free[key] == pytest.approx(padded[key], rel=1e-4, abs=1e-5), key
+
+
 def test_rec_pointer_supervision_trains_through_the_recipe(world, tmp_path):
     recipe = make_recipe(world, tmp_path / "ptr", "train.max_steps=2", "data.val=[]", "train.rec_pointer_weight=1.0",
                          "model.region_number_tokens=9")

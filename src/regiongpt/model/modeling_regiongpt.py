@@ -297,12 +297,16 @@ class RegionGPTModel(RegionGPTPreTrainedModel):
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         vision_features: VisionFeatures | None = None,
+        token_index: torch.Tensor | None = None,
         **kwargs,
     ):
         """Encode images and regions (when given), place them, and run the language model.
 
         ``vision_features`` lets a caller reuse one image encoding for many questions.
-        Returns the language model's output with ``region_embeds`` and ``image_embeds`` attached.
+        ``token_index`` (R,) runs the language model padding-free: on those flat (row-major)
+        positions of the (N, L) input only, as one (1, R) row; ``position_ids`` (1, R) must come
+        with it, and the attention must keep the rows apart (the training recipe's turn attention
+        does). Returns the language model's output with ``region_embeds`` and ``image_embeds`` attached.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids or inputs_embeds")
@@ -323,6 +327,10 @@ class RegionGPTModel(RegionGPTPreTrainedModel):
             inputs_embeds = self.merge_embeddings(
                 input_ids, inputs_embeds, image_embeds, region_embeds, region_token_index
             )
+        if token_index is not None:
+            if position_ids is None or position_ids.shape != (1, token_index.numel()):
+                raise ValueError("token_index needs position_ids of shape (1, R), one per kept token")
+            inputs_embeds = inputs_embeds.reshape(-1, inputs_embeds.shape[-1]).index_select(0, token_index)[None]
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -379,6 +387,7 @@ class RegionGPTForConditionalGeneration(RegionGPTPreTrainedModel, GenerationMixi
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         vision_features: VisionFeatures | None = None,
+        token_index: torch.Tensor | None = None,
         **kwargs,
     ) -> RegionGPTOutput:
         r"""
@@ -389,6 +398,8 @@ class RegionGPTForConditionalGeneration(RegionGPTPreTrainedModel, GenerationMixi
         labels: (N, L) target ids, -100 where no loss is taken.
         logits_to_keep: the last ``n`` positions (int > 0), positions (1D index tensor), or an (N, L)
             boolean tensor: then ``logits`` is (K, V), the True positions in row-major order.
+        token_index: (R,) run the language model on these flat positions of the (N, L) input only
+            (padding-free training, see :meth:`RegionGPTModel.forward`); outputs are then (1, R, ...).
         """
         if "past_key_values" in kwargs:  # the pre-5.24 name
             cache = kwargs.pop("past_key_values")
@@ -404,6 +415,7 @@ class RegionGPTForConditionalGeneration(RegionGPTPreTrainedModel, GenerationMixi
             cache=cache,
             inputs_embeds=inputs_embeds,
             vision_features=vision_features,
+            token_index=token_index,
             **kwargs,
         )
         hidden_states = outputs[0]

@@ -276,6 +276,12 @@ class TrainConfig:
     activation_checkpointing: bool = _doc(
         "Recompute each decoder layer's activations in the backward pass (torch `checkpoint_wrapper`): "
         "less memory, ~1/3 more compute.", default=False)
+    padding_free: bool = _doc(
+        "With `data.independent_tasks` (turn attention), run the language model on each micro-batch's real "
+        "tokens only, all rows one after another in one row, so its linear layers skip the padding "
+        "(turn_attention.py keeps the rows apart; same results, tested). The built-in recipe's batches were 39% "
+        "padding (bench/demo_model.md, twenty-sixth round). Off: the padded (N, L) batch, as before.",
+        default=True)
     freeze_batchnorm_stats: bool = _doc(
         "In the language-model phase (after the region pretraining), BatchNorm layers (a CNN vision tower's) "
         "normalise with their running statistics and keep them, as at evaluation; their weights still train. "

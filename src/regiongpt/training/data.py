@@ -553,6 +553,7 @@ class Batch:
     region_labels: list[dict[str, str]] = field(default_factory=list)  # per row of region_masks
     tokens: int = 0  # real (not padding) tokens
     answer_evidence: list[tuple[int, ...] | None] = field(default_factory=list)  # per answer, as answer_tasks
+    padding_mask: torch.Tensor | None = None  # (N, L) True on real tokens (the inputs may hold a 4D mask instead)
 
     @property
     def empty(self) -> bool:
@@ -561,6 +562,8 @@ class Batch:
     def to(self, device: torch.device | str) -> "Batch":
         self.inputs = {k: v.to(device) for k, v in self.inputs.items()}
         self.answer_index = self.answer_index.to(device)
+        if self.padding_mask is not None:
+            self.padding_mask = self.padding_mask.to(device)
         return self
 
 
@@ -621,7 +624,8 @@ class RegionCollator:
         answer_index, answer_tasks = answer_runs(labels, tasks)
         placeholders = (labels == self.processor.image_token_id) | (labels == self.processor.region_token_id)
         inputs["labels"] = labels.masked_fill(placeholders, IGNORE_INDEX)
-        tokens = int(inputs["attention_mask"].sum())
+        padding_mask = inputs["attention_mask"].bool()
+        tokens = int(padding_mask.sum())
         if self.independent and any(task in self.independent for task in answer_tasks):
             independent = [task in self.independent for task in answer_tasks]
             inputs["attention_mask"], inputs["position_ids"] = segment_mask(
@@ -631,7 +635,7 @@ class RegionCollator:
             if layout is not None:  # what turn attention (training/turn_attention.py) computes from
                 inputs["turn_layout"] = layout
         return Batch(inputs, answer_index, answer_tasks, ids, len(packed), skipped, dropped, region_labels, tokens,
-                     evidence)
+                     evidence, padding_mask)
 
 
 __all__ = [

@@ -171,6 +171,12 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def _padded(x: torch.Tensor, layout: Any) -> torch.Tensor:  # (1, R, D) -> (N, L, D)
+    n, length = layout.padded_shape
+    full = x.new_zeros(n * length, x.shape[-1]).index_copy(0, layout.token_index, x[0])
+    return full.view(n, length, x.shape[-1])
+
+
 class AttentionInputCapture:
     """A forward pre-hook on one attention module that keeps its last input (the normalised hidden
     states and the rotary position embeddings), so one head's attention can be recomputed."""
@@ -188,6 +194,11 @@ class AttentionInputCapture:
     def _capture(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self.hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         self.rotary = kwargs.get("position_embeddings")
+        layout = kwargs.get("turn_layout")
+        if layout is not None and layout.padding_free:  # (1, R, .) -> the padded batch's (N, L, .), zeros on padding
+            self.hidden = _padded(self.hidden, layout)
+            if self.rotary is not None:
+                self.rotary = tuple(_padded(t, layout) for t in self.rotary)
 
     def remove(self) -> None:
         self._handle.remove()

@@ -59,7 +59,7 @@ from .rec_pointer import (AttentionInputCapture, PointerLoss, attribute_pointer_
 from .region_aux import RegionAuxiliaryHeads
 from .region_labels import RegionLabelLoss
 from .region_pretrain import pretrain_region_path
-from .turn_attention import use_turn_attention
+from .turn_attention import use_turn_attention, without_padding
 
 STATE_VERSION = 1
 # train.<name>_pointer_weight: attention supervision of REC, existence, or one-region description answers,
@@ -458,6 +458,12 @@ class TrainingRecipe:
             inputs["attention_mask"] = attention_mask_for(mask, implementation, torch.float32)
         return inputs
 
+    def _padding_free(self, b: Batch) -> bool:
+        """Whether ``b`` runs padding-free (``train.padding_free``): only with turn attention, which
+        keeps the rows apart."""
+        return (self.config.train.padding_free and b.padding_mask is not None and "turn_layout" in b.inputs
+                and self.model.config.text_config._attn_implementation == TURN_ATTENTION)
+
     def train_step(self, micro: list[Batch]) -> dict[str, float]:
         """One optimiser step over ``grad_accum`` micro-batches (on each rank); the loss is the mean
         over all learned tokens of the step on all ranks (so accumulation and more ranks equal one
@@ -494,6 +500,8 @@ class TrainingRecipe:
                 with self._autocast():
                     inputs = self._model_inputs(b)
                     inputs["logits_to_keep"] = keep
+                    if self._padding_free(b):
+                        inputs = without_padding(inputs, b.padding_mask)
                     vision = None
                     if self.region_aux is not None and self.region_aux.segmentation is not None \
                             and inputs.get("pixel_values") is not None:
