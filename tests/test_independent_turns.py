@@ -221,3 +221,26 @@ def test_padding_free_turn_attention_equals_the_padded_batch_with_its_gradients(
         batch.inputs["turn_layout"].without_padding(torch.zeros_like(real))
     with pytest.raises(ValueError, match=r"token_index needs position_ids of shape \(1, R\)"):
         model(**{**inputs, "position_ids": None})
+
+
+def test_a_batch_without_independent_turns_runs_padding_free_too(tokenizer):
+    """With independent tasks configured, a batch that has none of them (the demo recipe's first,
+    classification-only phase) gets a causal layout: padding-free, it gives plain SDPA's logits."""
+    model = make_model("tiny-clip-llama", tokenizer)
+    randomise_refiner(model)
+    processor = make_processor(model, tokenizer)
+    ordinary = [p for p in PAIRS if p.task not in INDEPENDENT]
+    batch = RegionCollator(processor, INDEPENDENT)([_item(processor, ordinary, INDEPENDENT),
+                                                    _item(processor, ordinary[:1], INDEPENDENT)])
+    assert batch.inputs["attention_mask"].dim() == 2 and "position_ids" not in batch.inputs
+    assert batch.inputs["turn_layout"].query_index.numel() == 0 and not batch.padding_mask.all()
+    real = batch.padding_mask
+    inputs = {k: v for k, v in batch.inputs.items() if k not in ("labels", "turn_layout")}
+    with torch.no_grad():
+        want = model(**inputs, logits_to_keep=real).logits  # SDPA with the padding mask
+        use_turn_attention(model.model.language_model)
+        padded = model(**{**inputs, "turn_layout": batch.inputs["turn_layout"]}, logits_to_keep=real).logits
+        free = model(**without_padding({**inputs, "turn_layout": batch.inputs["turn_layout"], "logits_to_keep": real},
+                                       real)).logits
+    torch.testing.assert_close(padded, want, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(free, want, atol=1e-5, rtol=1e-4)

@@ -41,7 +41,8 @@ from regiongpt.data.sources import ReadReport, Source, make_source, origin, set_
 from regiongpt.errors import InvalidInputError
 from regiongpt.processing.instructions import strip_task_suffix
 
-from .independent_turns import format_sequence, pairs_to_turns, segment_mask, split_pairs, turn_layout
+from .independent_turns import (causal_layout, format_sequence, pairs_to_turns, segment_mask, split_pairs,
+                                turn_layout)
 from .region_aux import region_label_record
 
 IGNORE_INDEX = -100
@@ -593,7 +594,8 @@ class RegionCollator:
     With ``independent_tasks`` the batch's ``attention_mask`` is the (N, 1, L, L) boolean mask
     of :func:`~regiongpt.training.independent_turns.segment_mask` and ``position_ids`` come
     with it, and ``turn_layout`` the same layout for turn attention (ignored by SDPA and eager);
-    otherwise the usual (N, L) padding mask.
+    otherwise the usual (N, L) padding mask (with ``independent_tasks``, a batch that has no such
+    turn still gets a ``turn_layout``: each row one causal conversation, so it can run padding-free).
     """
 
     def __init__(self, processor: Any, independent_tasks: Iterable[str] = ()):
@@ -634,6 +636,8 @@ class RegionCollator:
             layout = turn_layout(inputs["input_ids"], answer_index, independent, self.processor.image_token_id)
             if layout is not None:  # what turn attention (training/turn_attention.py) computes from
                 inputs["turn_layout"] = layout
+        elif self.independent:  # no independent turn here: a layout all the same, so it too can run padding-free
+            inputs["turn_layout"] = causal_layout(padding_mask)
         return Batch(inputs, answer_index, answer_tasks, ids, len(packed), skipped, dropped, region_labels, tokens,
                      evidence, padding_mask)
 

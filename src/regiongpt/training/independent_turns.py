@@ -225,6 +225,18 @@ def turn_layout(input_ids: torch.Tensor, answer_index: torch.Tensor, answer_inde
     return TurnLayout(main_length, query_index, key_index, key_mask, output_index)
 
 
+def causal_layout(padding_mask: torch.Tensor) -> TurnLayout:
+    """The :class:`TurnLayout` of a right-padded batch without independent turns (``padding_mask``
+    (N, L), True = real token): every row one causal conversation. Turn attention then gives the
+    padded causal attention's outputs on every real token, and the batch can run padding-free
+    (``TurnLayout.without_padding``) like one with independent turns."""
+    n, length = padding_mask.shape
+    no_turns = torch.zeros(0, 1, dtype=torch.long, device=padding_mask.device)
+    return TurnLayout(max(1, int(padding_mask.sum(1).max())), no_turns, no_turns,
+                      torch.zeros(0, 1, 1, 1, dtype=torch.bool, device=padding_mask.device),
+                      torch.arange(n * length, device=padding_mask.device))
+
+
 def attention_mask_for(mask: torch.Tensor, implementation: str, dtype: torch.dtype) -> torch.Tensor:
     """A boolean 4D mask in the form the language model's attention takes: boolean for SDPA,
     additive (0 / dtype minimum) for the others, which add the mask to the scores."""
@@ -233,5 +245,5 @@ def attention_mask_for(mask: torch.Tensor, implementation: str, dtype: torch.dty
     return torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
 
 
-__all__ = ["TURN_ATTENTION", "TurnLayout", "attention_mask_for", "format_sequence", "pairs_to_turns", "row_segments", "segment_mask",
+__all__ = ["TURN_ATTENTION", "TurnLayout", "attention_mask_for", "causal_layout", "format_sequence", "pairs_to_turns", "row_segments", "segment_mask",
            "split_pairs", "turn_layout"]

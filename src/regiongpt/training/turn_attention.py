@@ -83,7 +83,10 @@ def without_padding(inputs: dict[str, Any], padding_mask: torch.Tensor) -> dict[
     token_index = layout.token_index
     out = dict(inputs, turn_layout=layout, token_index=token_index,
                attention_mask=torch.ones(1, len(token_index), dtype=torch.bool, device=token_index.device))
-    out["position_ids"] = inputs["position_ids"].reshape(-1).index_select(0, token_index)[None]
+    positions = inputs.get("position_ids")
+    if positions is None:  # a plain right-padded batch: each row counts from 0
+        positions = (padding_mask.long().cumsum(1) - 1).clamp(min=0)
+    out["position_ids"] = positions.reshape(-1).to(token_index.device).index_select(0, token_index)[None]
     keep = inputs.get("logits_to_keep")
     if isinstance(keep, torch.Tensor) and keep.dtype == torch.bool:
         out["logits_to_keep"] = keep.reshape(-1).index_select(0, token_index)[None]
