@@ -1,12 +1,14 @@
 """Seconds per training step of the recipe on real batches (CPU profiling aid).
 
     python bench/recipe_step_time.py runs/demo-build/world [--attention turns|sdpa] [--steps 12]
-        [--profile] [--pretrain] [key=value config overrides]
+        [--profile] [--pretrain] [--fill-cache GB] [key=value config overrides]
 
 Builds the recipe from ``configs/demo.yaml`` (or ``--config``) on the world's native files,
 without region pretraining and with every task from step 0 (the recipe's slowest phase), and
 times ``TrainingRecipe.train_step`` over ``--steps`` batches after two warm-up steps
-(``train.padding_free=false`` times the padded batches the language model ran on before).
+(``train.padding_free=false`` times the padded batches the language model ran on before;
+``--fill-cache GB`` first fills and clears the region pretraining's image cache, as a build with
+``train.region_pretrain_cache_gb`` does before its language-model phase).
 ``--attention sdpa`` switches the language model back from turn attention
 (``training/turn_attention.py``) to SDPA with the dense independent-turn mask, for comparison;
 ``--profile`` prints a torch.profiler table of three more steps. ``--pretrain`` times a step of
@@ -27,6 +29,7 @@ import torch
 from regiongpt.training.builders import build_train_loader
 from regiongpt.training.config import load_config
 from regiongpt.training.recipe import TrainingRecipe
+from regiongpt.training.region_pretrain import PreparedImages
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--pretrain", action="store_true", help="time the region-path pretraining's step instead")
+    parser.add_argument("--fill-cache", type=float, default=0.0, metavar="GB",
+                        help="first fill the region pretraining's image cache with up to GB GiB of the training "
+                             "samples and clear it, as a build with train.region_pretrain_cache_gb does before "
+                             "the language-model phase (the process's resident memory is printed)")
     args = parser.parse_intermixed_args(argv)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as out:
@@ -50,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         recipe.setup()
         if args.pretrain:
             return time_pretraining(recipe, args.steps, args.profile)
+        if args.fill_cache:
+            fill_and_clear_cache(recipe, args.fill_cache)
         if args.attention == "sdpa":
             recipe.model.model.language_model.set_attn_implementation("sdpa")
         batches = iter(build_train_loader(recipe.train_dataset, recipe.processor, config, 0, args.steps + 5, 0, 1))
@@ -75,6 +84,20 @@ def main(argv: list[str] | None = None) -> int:
                     recipe.train_step([next(batches)])
             print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=25))
     return 0
+
+
+def fill_and_clear_cache(recipe: TrainingRecipe, gigabytes: float) -> None:
+    """Prepare every training sample into a pretraining image cache, then clear it."""
+    started = time.perf_counter()
+    cache = PreparedImages(recipe.processor, int(gigabytes * 2**30))
+    samples = [s for s in recipe.train_samples if s.regions]
+    for start in range(0, len(samples), 16):
+        cache.prepare(samples[start:start + 16])
+    filled = cache.used_bytes
+    cache.clear()
+    resident = next(line.split(":")[1].strip() for line in open("/proc/self/status") if line.startswith("RssAnon"))
+    print(json.dumps({"cache_filled_mib": round(filled / 2**20, 1), "seconds": round(time.perf_counter() - started),
+                      "resident_after_clear": resident}))
 
 
 def time_pretraining(recipe: TrainingRecipe, steps: int, profile: bool) -> int:

@@ -18,7 +18,14 @@ def test_times_steps_with_either_attention(tmp_path, capsys):
                            "data.num_workers=0"]) == 0
         result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert result["attention"] == attention and result["steps"] == 1
-        assert result["seconds_per_step"] > 0 and result["padded_tokens_per_step"] > 0
+        assert result["padding_free"] == (attention == "turns")  # only turn attention keeps the rows apart
+        assert result["seconds_per_step"] > 0 and 0 < result["real_tokens_per_step"] <= result["padded_tokens_per_step"]
+    assert bench.main([str(world), "--fill-cache", "0.1", "--steps", "1", "data.batch_size=2",
+                       "data.num_workers=0", "train.padding_free=false"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    cache, result = json.loads(lines[-2]), json.loads(lines[-1])
+    assert cache["cache_filled_mib"] > 0 and cache["resident_after_clear"].endswith("kB")
+    assert result["padding_free"] is False and result["steps"] == 1
 
 
 def test_times_the_region_pretraining_step(tmp_path, capsys):

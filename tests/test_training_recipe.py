@@ -234,6 +234,14 @@ def test_region_pretraining_cache_gives_the_same_batches_and_keeps_to_its_budget
         for key in fresh:  # value for value, dtype too
             assert fresh[key].dtype == kept[key].dtype and torch.equal(fresh[key], kept[key]), key
     assert len(cached.cache.entries) == 4 and cached.cache.used_bytes > 0
+    slabs = cached.cache.storage.slabs[torch.float32]
+    assert len(slabs) == 1  # every kept tensor in one buffer, not one allocation each
+    assert all(crop.untyped_storage().data_ptr() == slabs[0].untyped_storage().data_ptr()
+               for _, crops, _ in cached.cache.entries.values() for _, _, crop in crops)
+    cached.cache.clear()
+    assert not cached.cache.entries and not cached.cache.storage.slabs and cached.cache.used_bytes == 0
+    for step in (2, 0):  # filled again after clearing, still the same batches
+        assert all(torch.equal(plain[step][key], cached[step][key]) for key in plain[step])
     one = PreparedImages(recipe.processor, cached.cache.used_bytes // 4)  # room for about one sample, not four
     for step in (0, 1):
         one.prepare(batches[step])
@@ -251,6 +259,25 @@ def test_region_pretraining_cache_gives_the_same_batches_and_keeps_to_its_budget
                 "train.trainable=[feature_refiner,connector,language_model,vision_tower]").train()
     with pytest.raises(InvalidInputError, match=r"'train.region_pretrain_cache_gb' must be >= 0"):
         make_recipe(world, tmp_path / "bad", "train.max_steps=1", "train.region_pretrain_cache_gb=-1")
+
+
+def test_slabs_keep_copies_in_few_large_buffers():
+    from regiongpt.training.region_pretrain import Slabs
+
+    slabs = Slabs(slab_bytes=64)  # 16 float32 a slab
+    a, b, c = torch.arange(6.0).view(2, 3), torch.ones(8), torch.arange(5.0)
+    kept = [slabs.keep(t) for t in (a, b, c)]
+    for original, copy in zip((a, b, c), kept):
+        assert torch.equal(original, copy) and copy.data_ptr() != original.data_ptr()
+    assert len(slabs.slabs[torch.float32]) == 2  # 6 + 8 fit in the first, 5 more start a second
+    big = torch.arange(20.0)
+    assert torch.equal(slabs.keep(big), big) and len(slabs.slabs[torch.float32]) == 2  # larger than a slab: alone
+    a.zero_()
+    assert kept[0].sum() == 15  # copies, not views of the originals
+    flags = slabs.keep(torch.tensor([True, False]))
+    assert flags.dtype == torch.bool and flags.tolist() == [True, False]
+    slabs.clear()
+    assert not slabs.slabs
 
 
 def test_region_pretraining_learning_rate_falls_to_its_floor_along_a_half_cosine(world, tmp_path, monkeypatch):

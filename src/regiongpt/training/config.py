@@ -304,8 +304,9 @@ class TrainConfig:
     region_pretrain_cache_gb: float = _doc(
         "Keep up to this many GiB of prepared images and region masks during the region-path pretraining, so its "
         "later passes over the data skip decoding, resizing and rasterising them (the batches are the same, value "
-        "for value). The built-in model's 8,000 images take ~4 GiB; there it cut 3,200 pretraining steps from 10.2 "
-        "to 9.2 min, but the build's later phases ran slower (bench/demo_model.md, twenty-second round). 0 = off.",
+        "for value). The built-in model's 8,000 images take ~3.5 GiB, held in a few large buffers that are given "
+        "back whole after the pretraining (kept one tensor at a time, they stayed in the process and slowed the "
+        "language-model phase ~10%; bench/demo_model.md, twenty-sixth round). 0 = off.",
         default=0.0)
     region_pretrain_workers: int = _doc(
         "Loader processes that prepare the region-path pretraining's next batches while it trains on one (0 = in "

@@ -123,6 +123,41 @@ def image_cell_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     return F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(-1).mean()
 
 
+class Slabs:
+    """Append-only storage for many small tensors in a few large buffers (``slab_bytes`` each).
+
+    Kept one by one, the pretraining cache's ~100k tensors became heap chunks that the C allocator
+    kept in the process after they were freed (5.5 GB resident), and the language-model phase after
+    it ran ~10% slower (bench/demo_model.md, twenty-sixth round). A slab is one allocation large
+    enough to be mapped on its own, so dropping the slabs gives the memory back whole.
+    """
+
+    def __init__(self, slab_bytes: int = 64 * 2**20):
+        self.slab_bytes = slab_bytes
+        self.slabs: dict[torch.dtype, list[torch.Tensor]] = {}
+        self.used: dict[torch.dtype, int] = {}  # elements used in each dtype's last slab
+
+    def keep(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A copy of ``tensor`` that lives in a slab (or alone, when larger than a slab)."""
+        n, dtype = tensor.numel(), tensor.dtype
+        capacity = self.slab_bytes // tensor.element_size()
+        if n > capacity:
+            return tensor.clone()
+        slabs = self.slabs.setdefault(dtype, [])
+        if not slabs or self.used[dtype] + n > capacity:
+            slabs.append(torch.empty(capacity, dtype=dtype))
+            self.used[dtype] = 0
+        start = self.used[dtype]
+        view = slabs[-1][start : start + n].view(tensor.shape)
+        view.copy_(tensor)
+        self.used[dtype] = start + n
+        return view
+
+    def clear(self) -> None:
+        self.slabs.clear()
+        self.used.clear()
+
+
 class PreparedImages:
     """Each sample's prepared image and region masks, kept after its first preparation so that
     pretraining's later passes over the data skip decoding, resizing and rasterising (on the 2-core
@@ -131,6 +166,7 @@ class PreparedImages:
     A mask is kept as the crop of its non-zero rows and columns (most of a mask is zeros), and
     pasted back into zeros: the batch is the same, value for value, as preparing it afresh
     (tested). At most ``budget_bytes`` are kept; past that, samples are prepared every time.
+    What is kept lives in :class:`Slabs`, given back whole by :meth:`clear`.
     """
 
     def __init__(self, processor, budget_bytes: int):
@@ -138,10 +174,12 @@ class PreparedImages:
         self.budget_bytes = budget_bytes
         self.used_bytes = 0
         self.entries: dict[int, tuple[torch.Tensor, list[tuple[int, int, torch.Tensor]], torch.Tensor]] = {}
+        self.storage = Slabs()
 
     def clear(self) -> None:
-        """Drop every kept sample."""
+        """Drop every kept sample (and the slabs that held them)."""
         self.entries.clear()
+        self.storage.clear()
         self.used_bytes = 0
 
     def prepare(self, batch: Sequence[NativeSample]) -> dict[str, torch.Tensor]:
@@ -172,11 +210,13 @@ class PreparedImages:
         for mask in visual["region_masks"]:
             bounds = nonzero_bounds(mask.numpy())
             (top, bottom), (left, right) = bounds if bounds is not None else ((0, 0), (0, 0))
-            crops.append((top, left, mask[top:bottom, left:right].clone()))
+            crops.append((top, left, mask[top:bottom, left:right]))
         entry = (visual["pixel_values"][0], crops, visual["region_boxes"])
         size = entry[0].nbytes + entry[2].nbytes + sum(crop.nbytes for _, _, crop in crops)
         if self.used_bytes + size <= self.budget_bytes:
-            self.entries[id(sample)] = entry
+            keep = self.storage.keep
+            self.entries[id(sample)] = (keep(entry[0]), [(top, left, keep(crop)) for top, left, crop in crops],
+                                        keep(entry[2]))
             self.used_bytes += size
         return entry
 
