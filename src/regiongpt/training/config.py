@@ -279,7 +279,7 @@ class TrainConfig:
     padding_free: bool = _doc(
         "With `data.independent_tasks` (turn attention), run the language model on each micro-batch's real "
         "tokens only, all rows one after another in one row, so its linear layers skip the padding "
-        "(turn_attention.py keeps the rows apart; same results, tested). The built-in recipe's batches were 39% "
+        "(turn_attention.py keeps the rows apart; same results, tested). The built-in recipe's batches were 38% "
         "padding (bench/demo_model.md, twenty-sixth round). Off: the padded (N, L) batch, as before.",
         default=True)
     freeze_batchnorm_stats: bool = _doc(
